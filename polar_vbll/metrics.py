@@ -87,8 +87,9 @@ def check_predictions(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return probs, labels.astype(np.int64)
 
 
-def _check_number_of_bins(n_bins) -> int:
-    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
+def check_number_of_bins(n_bins) -> int:
+    """Return ``n_bins`` as an int, or raise DataError unless it is an integer >= 1."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise DataError(f"n_bins must be an integer >= 1; got {n_bins!r}")
     return int(n_bins)
 
@@ -111,7 +112,7 @@ def reliability_bins(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
     * ``count`` (n_bins,): number of examples in each bin (int)
     """
     probs, labels = check_predictions(probs, labels)
-    n_bins = _check_number_of_bins(n_bins)
+    n_bins = check_number_of_bins(n_bins)
     confidences = probs.max(axis=1)  # (N,)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)  # (N,)
     edges = np.linspace(0.0, 1.0, n_bins + 1)

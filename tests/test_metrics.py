@@ -149,7 +149,7 @@ def test_bad_inputs_raise_project_errors(probs, labels, error, fragment):
         assert isinstance(raised.value, PolarVBLLError)
 
 
-@pytest.mark.parametrize("n_bins", [0, -3, 2.5])
+@pytest.mark.parametrize("n_bins", [0, -3, 2.5, None, "10"])
 def test_bad_number_of_bins(n_bins):
     with pytest.raises(DataError, match="n_bins"):
         metrics.expected_calibration_error(HAND_PROBS, HAND_LABELS, n_bins=n_bins)

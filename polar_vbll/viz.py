@@ -271,7 +271,10 @@ def id_ood_confidence(records_by_dataset, in_distribution: str, n_bins: int = 20
         fractions = np.bincount(bin_index, minlength=n_bins) / len(confidences)
         is_in = dataset == in_distribution
         kind = "in-distribution" if is_in else "out-of-distribution"
-        color = method_color(method) if (is_in and method) else (DIAGONAL_COLOR if is_in else FALLBACK_COLORS[position % len(FALLBACK_COLORS)])
+        if is_in:
+            color = method_color(method) if method else DIAGONAL_COLOR
+        else:
+            color = FALLBACK_COLORS[position % len(FALLBACK_COLORS)]
         figure.add_trace(go.Scatter(x=centers, y=fractions.tolist(), mode="lines", line_shape="hvh",
                                     name=f"{dataset} ({kind}, mean confidence {100 * confidences.mean():.0f}%)",
                                     line=dict(color=color, width=3, dash="solid" if is_in else "dot"),
@@ -306,7 +309,8 @@ def singular_value_spectrum(reports, module: str | None = None, module_slider: b
         raise DataError("reports must be a non-empty dict {label: {module name: {'stable_rank', 'singular_values'}}}")
     for label, report in reports.items():
         if not isinstance(report, Mapping) or not report:
-            raise DataError(f"reports[{label!r}] must be a non-empty dict {{module name: {{'stable_rank', 'singular_values'}}}}")
+            raise DataError(f"reports[{label!r}] must be a non-empty dict "
+                            "{module name: {'stable_rank', 'singular_values'}}")
     modules = _modules_of(reports)
     if module is None:
         module = modules[0]

@@ -1,0 +1,527 @@
+"""Bayesian last layers: a variational Bayesian last layer (VBLL) and a post-hoc Laplace one.
+
+Both put a Gaussian over the last-layer weights W (C x d) that turn the backbone features
+phi (d,) into the C answer logits z = W phi. Because z is linear in W, the logits given phi
+are Gaussian too, so prediction needs ONE backbone pass and samples (or a closed form)
+only in the C-dimensional logit space:
+
+    z | phi ~ N(mu(phi), Sigma_z(phi)).
+
+* :class:`VBLLHead` learns q(W) = prod_c N(w_c; m_c, S_c) by maximizing the Jensen
+  lower bound of the ELBO (Harrison et al. 2024, arXiv 2404.11599):
+
+      E_q log p(y | phi) >= m_y^T phi - log sum_c exp(m_c^T phi + 1/2 phi^T S_c phi),
+
+  minus KL(q || prior) / N. The classes are independent, so Sigma_z is diagonal with
+  entries phi^T S_c phi.
+* :class:`LastLayerLaplace` takes a trained deterministic head W_map and sets
+  q(W) = N(W_map, (H + tau I)^{-1}) with H the generalized Gauss-Newton (GGN) Hessian of
+  the softmax likelihood; its logits are correlated across classes.
+
+``mask`` (B, C) marks which answer choices exist for each example (ARC has 3-5 choices,
+BoolQ 2): absent choices get logit -inf, so they drop out of every sum and get
+probability exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from polar_vbll.errors import ConfigError, DataError, NumericalError, ShapeError
+
+COVARIANCE_KINDS = ("dense", "diagonal", "lowrank")
+PREDICTIVE_METHODS = ("mc", "probit", "mean")
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_features(phi: torch.Tensor, in_features: int, name: str = "phi") -> None:
+    """Raise ShapeError unless phi is (B, in_features), NumericalError if it holds NaN/inf."""
+    if not isinstance(phi, torch.Tensor):
+        raise ShapeError(f"{name} must be a torch.Tensor of shape (batch, {in_features}); got {type(phi).__name__}")
+    if phi.dim() != 2 or phi.shape[1] != in_features:
+        raise ShapeError(
+            f"{name} must have shape (batch, {in_features}) (one feature vector per example); "
+            f"got shape {tuple(phi.shape)}"
+        )
+    if not torch.isfinite(phi).all():  # one cheap reduction
+        raise NumericalError(f"{name} holds NaN or infinite values; the backbone features must be finite")
+
+
+def check_mask(mask: torch.Tensor | None, batch_size: int, num_classes: int, device=None) -> torch.Tensor:
+    """Return a boolean (B, C) mask (all True when None); every row needs one present choice."""
+    if mask is None:
+        return torch.ones(batch_size, num_classes, dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise DataError(f"mask must be a boolean tensor (True = the choice exists); got {getattr(mask, 'dtype', type(mask))}")
+    if tuple(mask.shape) != (batch_size, num_classes):
+        raise ShapeError(f"mask must have shape (batch, num_classes) = ({batch_size}, {num_classes}); got {tuple(mask.shape)}")
+    rows_without_choice = (~mask.any(dim=1)).nonzero()
+    if len(rows_without_choice) > 0:
+        raise DataError(f"mask removes every choice of example {rows_without_choice[0].item()}; each example needs at least one")
+    return mask
+
+
+def check_labels(labels: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise unless labels is an int tensor (B,) of indices of choices that the mask keeps."""
+    batch_size, num_classes = mask.shape
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise DataError(f"labels must be an integer tensor of class indices; got {getattr(labels, 'dtype', type(labels))}")
+    if tuple(labels.shape) != (batch_size,):
+        raise ShapeError(f"labels must have shape (batch,) = ({batch_size},); got {tuple(labels.shape)}")
+    outside = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(outside) > 0:
+        index = outside[0].item()
+        raise DataError(f"labels[{index}] = {labels[index].item()} is outside the valid choices 0..{num_classes - 1}")
+    label_absent = (~mask.gather(1, labels[:, None].long()).squeeze(1)).nonzero()
+    if len(label_absent) > 0:
+        index = label_absent[0].item()
+        raise DataError(
+            f"mask removes the true label of example {index} (label {labels[index].item()}); "
+            "the correct answer must be one of the present choices"
+        )
+
+
+# ----------------------------------------------------------------------------- shared predictive
+
+
+def logit_gaussian_predictive(
+    logit_mean: torch.Tensor,
+    logit_covariance: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    method: str = "mc",
+    n_samples: int = 100,
+    generator: torch.Generator | None = None,
+    return_samples: bool = False,
+):
+    """Class probabilities (B, C) when the logits are Gaussian, z ~ N(logit_mean, logit_covariance).
+
+    ``logit_covariance`` is either (B, C): the variances of independent logits (VBLL), or
+    (B, C, C): a full covariance (Laplace with a full GGN), then sampled jointly.
+
+    * ``"mc"``:     p = 1/S sum_s softmax(z_s), z_s ~ N(mu, Sigma_z) drawn with ``generator``.
+    * ``"probit"``: p = softmax(mu_c / sqrt(1 + pi/8 * var_c)), the generalized probit
+      ("mean-field") approximation (Lu et al. 2020); it uses only the variances var_c and
+      ignores correlations between logits.
+    * ``"mean"``:   p = softmax(mu), the plug-in prediction that ignores the uncertainty.
+
+    Absent choices get logit -inf, hence probability 0. With ``return_samples=True`` (mc only)
+    also returns the sampled logits (S, B, C), -inf at absent choices, so a caller can
+    average the softmax of the first k samples.
+    """
+    if method not in PREDICTIVE_METHODS:
+        raise ConfigError(f"method must be one of {PREDICTIVE_METHODS}; got {method!r}")
+    if return_samples and method != "mc":
+        raise ConfigError(f"return_samples=True needs method='mc' (only mc draws samples); got method={method!r}")
+    batch_size, num_classes = logit_mean.shape
+    mask = check_mask(mask, batch_size, num_classes, device=logit_mean.device)
+    full_covariance = logit_covariance.dim() == 3
+    variance = torch.diagonal(logit_covariance, dim1=-2, dim2=-1) if full_covariance else logit_covariance
+
+    if method == "mean":
+        return torch.softmax(logit_mean.masked_fill(~mask, -math.inf), dim=-1)
+    if method == "probit":
+        scaled = logit_mean / torch.sqrt(1.0 + math.pi / 8.0 * variance)  # (B, C)
+        return torch.softmax(scaled.masked_fill(~mask, -math.inf), dim=-1)
+
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ConfigError(f"n_samples must be a positive integer; got {n_samples!r}")
+    noise = torch.randn(
+        (n_samples, batch_size, num_classes), generator=generator, dtype=logit_mean.dtype, device=logit_mean.device
+    )  # (S, B, C)
+    if full_covariance:
+        # A square root R with R R^T = Sigma_z from its eigendecomposition (robust when Sigma_z is
+        # near-singular, unlike a Cholesky factor); computed in float64 for accuracy.
+        eigenvalues, eigenvectors = torch.linalg.eigh(logit_covariance.double())  # (B, C), (B, C, C)
+        root = (eigenvectors * eigenvalues.clamp_min(0.0).sqrt()[:, None, :]).to(logit_mean.dtype)  # (B, C, C)
+        samples = logit_mean + torch.einsum("bce,sbe->sbc", root, noise)  # (S, B, C)
+    else:
+        samples = logit_mean + variance.clamp_min(0.0).sqrt() * noise  # (S, B, C)
+    samples = samples.masked_fill(~mask, -math.inf)
+    probabilities = torch.softmax(samples, dim=-1).mean(dim=0)  # (B, C)
+    return (probabilities, samples) if return_samples else probabilities
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def gaussian_kl_to_isotropic_prior(
+    mean: torch.Tensor,
+    covariance_trace: torch.Tensor,
+    covariance_logdet: torch.Tensor,
+    prior_variance: float,
+    prior_mean: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sum_c KL(N(m_c, S_c) || N(m0_c, s I)) in closed form, from tr(S_c) and log det(S_c).
+
+        KL_c = 1/2 [ tr(S_c)/s + ||m_c - m0_c||^2 / s - d + d log s - log det S_c ]
+
+    mean (C, d); covariance_trace, covariance_logdet (C,); s = prior_variance; m0 = 0 if None.
+    """
+    dimension = mean.shape[-1]
+    difference = mean if prior_mean is None else mean - prior_mean
+    per_class = 0.5 * (
+        covariance_trace / prior_variance
+        + (difference**2).sum(-1) / prior_variance
+        - dimension
+        + dimension * math.log(prior_variance)
+        - covariance_logdet
+    )  # (C,)
+    return per_class.sum()
+
+
+# ----------------------------------------------------------------------------- VBLL head
+
+
+class ELBOTerms(NamedTuple):
+    """Pieces of the VBLL training objective (all scalars)."""
+
+    bound: torch.Tensor  # mean over the batch of the Jensen bound on E_q log p(y | phi)
+    kl: torch.Tensor  # KL(q || prior), summed over classes
+    loss: torch.Tensor  # -(bound - kl / num_data), what the optimizer minimizes
+
+
+class VBLLHead(nn.Module):
+    """Variational Bayesian last layer: q(W) = prod_c N(w_c; m_c, S_c), logits z = W phi.
+
+    Covariance parameterizations (one d x d covariance per class):
+
+    * ``"dense"``:    S_c = L_c L_c^T, L_c lower triangular with diagonal exp(raw) > 0.
+    * ``"diagonal"``: S_c = diag(v_c), v_c = exp(log_variance_c).
+    * ``"lowrank"``:  S_c = F_c F_c^T + diag(v_c), F_c (d x rank).
+
+    Prior: p(w_c) = N(prior_mean_c, prior_scale * I); ``prior_scale`` is the VARIANCE (not the
+    standard deviation) and ``prior_mean`` defaults to 0. ``init_mean`` (C, d) starts the mean at
+    e.g. the LM-head rows of the answer tokens, so the head starts as the zero-shot model.
+    ``init_scale`` is the starting posterior standard deviation of each weight, S_c ~ init_scale^2 I:
+    the logit variance is init_scale^2 ||phi||^2, i.e. 1e-4 at the default 1e-4 and ||phi|| = 100,
+    small enough that every predictive starts within ~1e-4 of the zero-shot softmax
+    (tests/test_vbll.py measures it).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        covariance: str = "dense",
+        rank: int | None = None,
+        prior_scale: float = 1.0,
+        init_mean: torch.Tensor | None = None,
+        init_scale: float = 1e-4,
+        prior_mean: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if covariance not in COVARIANCE_KINDS:
+            raise ConfigError(f"covariance must be one of {COVARIANCE_KINDS}; got {covariance!r}")
+        if covariance == "lowrank":
+            if not isinstance(rank, int) or not 1 <= rank <= in_features:
+                raise ConfigError(f"covariance='lowrank' needs an integer rank in 1..{in_features}; got rank={rank!r}")
+        elif rank is not None:
+            raise ConfigError(f"rank is only used with covariance='lowrank'; got rank={rank!r} with covariance={covariance!r}")
+        if not prior_scale > 0 or not math.isfinite(prior_scale):
+            raise ConfigError(f"prior_scale (the prior variance) must be a positive finite number; got {prior_scale!r}")
+        if not init_scale > 0 or not math.isfinite(init_scale):
+            raise ConfigError(f"init_scale (starting posterior standard deviation) must be positive and finite; got {init_scale!r}")
+        self.in_features, self.num_classes = in_features, num_classes
+        self.covariance_kind, self.rank, self.prior_scale = covariance, rank, float(prior_scale)
+        shape = (num_classes, in_features)
+
+        def as_class_by_feature(tensor, name):
+            if tensor is None:
+                return torch.zeros(shape)
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+                raise ShapeError(f"{name} must be a tensor of shape (num_classes, in_features) = {shape}; got {tuple(getattr(tensor, 'shape', ()))}")
+            if not torch.isfinite(tensor).all():
+                raise NumericalError(f"{name} holds NaN or infinite values")
+            return tensor.detach().clone().to(torch.get_default_dtype())
+
+        self.weight_mean = nn.Parameter(as_class_by_feature(init_mean, "init_mean"))  # (C, d)
+        self.register_buffer("prior_mean", as_class_by_feature(prior_mean, "prior_mean"))  # (C, d)
+        log_variance = torch.full(shape, 2.0 * math.log(init_scale))
+        if covariance == "dense":
+            self.cholesky_offdiagonal = nn.Parameter(torch.zeros(num_classes, in_features, in_features))  # strict lower part used
+            self.log_cholesky_diagonal = nn.Parameter(0.5 * log_variance)  # diag(L_c) = exp(.)
+        else:
+            self.log_variance = nn.Parameter(log_variance)  # v_c = exp(.)
+        if covariance == "lowrank":
+            # F = 0 is a stationary point (no gradient reaches it), so start it small but non-zero:
+            # S_c ~ init_scale^2 (I + 0.01 * noise).
+            self.covariance_factor = nn.Parameter(0.1 * init_scale * torch.randn(num_classes, in_features, rank) / math.sqrt(rank))
+
+    # --------------------------------------------------------------- the posterior
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Posterior means m_c stacked, (C, d)."""
+        return self.weight_mean
+
+    def cholesky_factor(self) -> torch.Tensor:
+        """Dense case: L_c (C, d, d), lower triangular with positive diagonal, S_c = L_c L_c^T."""
+        if self.covariance_kind != "dense":
+            raise ConfigError(f"cholesky_factor() exists only for covariance='dense'; this head is {self.covariance_kind!r}")
+        return torch.tril(self.cholesky_offdiagonal, diagonal=-1) + torch.diag_embed(self.log_cholesky_diagonal.exp())
+
+    def covariance(self) -> torch.Tensor:
+        """S_c stacked, (C, d, d). Forms the dense matrices: for checks and small d only."""
+        if self.covariance_kind == "dense":
+            factor = self.cholesky_factor()
+            return factor @ factor.transpose(-1, -2)
+        covariance = torch.diag_embed(self.log_variance.exp())
+        if self.covariance_kind == "lowrank":
+            covariance = covariance + self.covariance_factor @ self.covariance_factor.transpose(-1, -2)
+        return covariance
+
+    def logit_variance(self, phi: torch.Tensor) -> torch.Tensor:
+        """The quadratic form phi^T S_c phi for every example and class, (B, C), without forming S_c.
+
+        dense: ||L_c^T phi||^2;  diagonal: sum_j v_cj phi_j^2;  lowrank: ||F_c^T phi||^2 + sum_j v_cj phi_j^2.
+        """
+        if self.covariance_kind == "dense":
+            projected = torch.einsum("cij,bi->bcj", self.cholesky_factor(), phi)  # L_c^T phi, (B, C, d)
+            return (projected**2).sum(-1)
+        variance = phi.square() @ self.log_variance.exp().T  # (B, C)
+        if self.covariance_kind == "lowrank":
+            projected = torch.einsum("cir,bi->bcr", self.covariance_factor, phi)  # F_c^T phi, (B, C, rank)
+            variance = variance + (projected**2).sum(-1)
+        return variance
+
+    def forward(self, phi: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean logits m_c^T phi, (B, C); -inf at absent choices when a mask is given."""
+        check_features(phi, self.in_features)
+        logits = phi @ self.weight_mean.T  # (B, C)
+        return logits if mask is None else logits.masked_fill(~check_mask(mask, *logits.shape), -math.inf)
+
+    # --------------------------------------------------------------- training objective
+
+    def kl_divergence(self) -> torch.Tensor:
+        """KL(q || prior) = sum_c KL(N(m_c, S_c) || N(prior_mean_c, prior_scale I)), a scalar."""
+        if self.covariance_kind == "dense":
+            factor = self.cholesky_factor()
+            trace = (factor**2).sum((-1, -2))  # tr(L L^T) = ||L||_F^2
+            logdet = 2.0 * self.log_cholesky_diagonal.sum(-1)
+        else:
+            variance = self.log_variance.exp()
+            trace = variance.sum(-1)
+            logdet = self.log_variance.sum(-1)
+        if self.covariance_kind == "lowrank":
+            factor = self.covariance_factor  # (C, d, r)
+            trace = trace + (factor**2).sum((-1, -2))
+            # matrix determinant lemma: det(F F^T + V) = det(V) det(I_r + F^T V^{-1} F)
+            capacitance = torch.eye(self.rank, dtype=factor.dtype, device=factor.device) + factor.transpose(-1, -2) @ (
+                factor / variance[..., None]
+            )  # (C, r, r)
+            logdet = logdet + 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(capacitance), dim1=-2, dim2=-1)).sum(-1)
+        return gaussian_kl_to_isotropic_prior(self.weight_mean, trace, logdet, self.prior_scale, self.prior_mean)
+
+    def jensen_bound(self, phi: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example Jensen bound on E_q log p(y | phi), (B,):
+
+            m_y^T phi - log sum_{c present} exp(m_c^T phi + 1/2 phi^T S_c phi).
+        """
+        check_features(phi, self.in_features)
+        mask = check_mask(mask, phi.shape[0], self.num_classes, device=phi.device)
+        check_labels(labels, mask)
+        mean_logits = phi @ self.weight_mean.T  # (B, C)
+        inflated = (mean_logits + 0.5 * self.logit_variance(phi)).masked_fill(~mask, -math.inf)  # (B, C)
+        true_logit = mean_logits.gather(1, labels[:, None].long()).squeeze(1)  # (B,)
+        return true_logit - torch.logsumexp(inflated, dim=-1)
+
+    def jensen_elbo(
+        self, phi: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, *, num_data: int
+    ) -> ELBOTerms:
+        """Minibatch ELBO with the Jensen bound: loss = -(mean_b bound_b - KL(q || prior) / num_data).
+
+        ``num_data`` is the size N of the training set, so that the KL is counted once per epoch.
+        """
+        if not isinstance(num_data, int) or num_data < 1:
+            raise ConfigError(f"num_data (training-set size) must be a positive integer; got {num_data!r}")
+        bound = self.jensen_bound(phi, labels, mask).mean()
+        kl = self.kl_divergence()
+        return ELBOTerms(bound=bound, kl=kl, loss=-(bound - kl / num_data))
+
+    # --------------------------------------------------------------- prediction
+
+    def predictive(
+        self,
+        phi: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        method: str = "mc",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        return_samples: bool = False,
+    ):
+        """Predictive probabilities (B, C) with logits z_c ~ N(m_c^T phi, phi^T S_c phi), independent per class.
+
+        ``"mc"`` averages softmax over ``n_samples`` logit draws (sampled in logit space: one
+        backbone pass, samples only in the head); ``"probit"`` is softmax(mu / sqrt(1 + pi/8 var));
+        ``"mean"`` is softmax(mu). See :func:`logit_gaussian_predictive`.
+        """
+        check_features(phi, self.in_features)
+        return logit_gaussian_predictive(
+            phi @ self.weight_mean.T, self.logit_variance(phi), mask, method, n_samples, generator, return_samples
+        )
+
+
+# ----------------------------------------------------------------------------- post-hoc Laplace
+
+
+def _on_cpu(tensor):
+    """Move a tensor to the CPU; leave anything else (None, a wrong type) for the checks to report."""
+    return tensor.cpu() if isinstance(tensor, torch.Tensor) else tensor
+
+
+class LastLayerLaplace:
+    """Post-hoc Laplace approximation of a trained deterministic last layer.
+
+    q(theta) = N(theta_map, (H + tau I)^{-1}), theta = the rows of [W | b] flattened class by
+    class (index c * D + j, D = d + 1 with a bias, whose feature is the constant 1; D = d without).
+    H is the FULL generalized Gauss-Newton Hessian of the summed softmax NLL,
+
+        H = sum_n Lambda_n (x) phi_n phi_n^T,   Lambda_n = diag(p_n) - p_n p_n^T,
+
+    with p_n the masked softmax at theta_map. For a model linear in theta the GGN equals the exact
+    Hessian. Why full and not Kronecker-factored: for d = 576, C = 5 the (C*D)^2 matrix is ~66 MB
+    in float64 and its Cholesky factor and inverse take well under a second each; it keeps the
+    class correlations that KFAC or a per-class block approximation drop, so there is nothing to
+    approximate.
+
+    ``prior_precision`` (tau) is a plain attribute; ``fit`` chooses it by grid search on the
+    validation NLL of the probit predictive and records the grid in ``prior_precision_grid`` /
+    ``val_nll_grid``. Everything is computed in float64 on the CPU.
+    """
+
+    chunk_size = 256  # examples per chunk when forming logit covariances
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ShapeError(f"weight must be a (num_classes, in_features) tensor; got {tuple(getattr(weight, 'shape', ()))}")
+        self.num_classes, self.in_features = weight.shape
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (self.num_classes,)):
+            raise ShapeError(f"bias must have shape (num_classes,) = ({self.num_classes},); got {tuple(getattr(bias, 'shape', ()))}")
+        self.has_bias = bias is not None
+        columns = [weight.detach().double().cpu()] + ([bias.detach().double().cpu()[:, None]] if self.has_bias else [])
+        self.weight_map = torch.cat(columns, dim=1)  # (C, D)
+        self.prior_precision: float | None = None
+        self.ggn: torch.Tensor | None = None  # (C*D, C*D)
+        self.prior_precision_grid = self.val_nll_grid = None
+        self._cached_covariance = (None, None)  # (tau, Sigma) of the last posterior_covariance() call
+
+    def _augmented(self, phi: torch.Tensor) -> torch.Tensor:
+        check_features(phi, self.in_features)
+        phi = phi.detach().double().cpu()
+        return torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1) if self.has_bias else phi  # (B, D)
+
+    def ggn_hessian(self, features: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """H = sum_n (diag(p_n) - p_n p_n^T) (x) phi_n phi_n^T, (C*D, C*D) float64. Labels do not enter the GGN."""
+        phi = self._augmented(features)  # (N, D)
+        masks = check_mask(_on_cpu(masks), phi.shape[0], self.num_classes)
+        check_labels(_on_cpu(labels), masks)
+        probabilities = torch.softmax((phi @ self.weight_map.T).masked_fill(~masks, -math.inf), dim=-1)  # (N, C)
+        logit_hessian = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None, :]  # (N, C, C)
+        size = self.num_classes * phi.shape[1]
+        hessian = torch.zeros(self.num_classes, phi.shape[1], self.num_classes, phi.shape[1], dtype=torch.float64)
+        for a in range(self.num_classes):
+            for b in range(a, self.num_classes):
+                block = (phi * logit_hessian[:, a, b, None]).T @ phi  # sum_n Lambda_n[a, b] phi_n phi_n^T, (D, D)
+                hessian[a, :, b, :] = block
+                hessian[b, :, a, :] = block.T
+        return hessian.reshape(size, size)
+
+    def fit(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        val_features: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
+        val_masks: torch.Tensor | None = None,
+        taus=tuple(10.0**k for k in range(-3, 6)),
+    ) -> "LastLayerLaplace":
+        """Build the GGN on the training features, then pick tau from ``taus`` by validation NLL.
+
+        Without validation data, ``taus`` must hold a single value, which is used as is.
+        """
+        taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
+        if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
+            raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
+        if val_features is None and len(taus) > 1:
+            raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
+        self.ggn = self.ggn_hessian(features, labels, masks)
+        self._cached_covariance = (None, None)
+        if val_features is None:
+            self.prior_precision = taus[0]
+            return self
+        if val_labels is None:
+            raise ConfigError("val_labels is required with val_features")
+        phi = self._augmented(val_features)
+        val_masks = check_mask(_on_cpu(val_masks), phi.shape[0], self.num_classes)
+        val_labels = _on_cpu(val_labels)
+        check_labels(val_labels, val_masks)
+        val_nll = []
+        for tau in taus:
+            self.prior_precision = tau
+            probabilities = self.predictive(phi[:, : self.in_features], val_masks, method="probit")  # (N_val, C)
+            val_nll.append(-probabilities.gather(1, val_labels[:, None].long()).log().mean())
+        self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
+        self.val_nll_grid = torch.stack(val_nll)
+        self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]
+        return self
+
+    def posterior_covariance(self) -> torch.Tensor:
+        """Sigma = (H + tau I)^{-1}, (C*D, C*D) float64, from a Cholesky factor; cached per tau."""
+        if self.ggn is None or self.prior_precision is None:
+            raise ConfigError("LastLayerLaplace must be fitted first: call fit(features, labels, masks, ...)")
+        tau = self.prior_precision
+        if not tau > 0:
+            raise ConfigError(f"prior_precision must be positive; got {tau!r}")
+        if self._cached_covariance[0] != tau:
+            precision = self.ggn + tau * torch.eye(self.ggn.shape[0], dtype=torch.float64)
+            factor, info = torch.linalg.cholesky_ex(precision)
+            if info.item() != 0:
+                raise NumericalError(f"H + tau I is not positive definite in float64 (tau = {tau}); use a larger prior precision")
+            self._cached_covariance = (tau, torch.cholesky_inverse(factor))
+        return self._cached_covariance[1]
+
+    def logit_mean_and_covariance(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logit mean W_map phi (+ b), (B, C), and covariance J_n Sigma J_n^T, (B, C, C), float64.
+
+        J_n = I_C (x) phi_n^T, so block-wise: Cov(z_a, z_b) = phi_n^T Sigma[a-block, b-block] phi_n.
+        """
+        covariance = self.posterior_covariance()
+        phi = self._augmented(phi)  # (B, D)
+        blocks = covariance.reshape(self.num_classes, phi.shape[1], self.num_classes, phi.shape[1])  # (C, D, C, D)
+        logit_covariance = []
+        for start in range(0, phi.shape[0], self.chunk_size):
+            chunk = phi[start : start + self.chunk_size]  # (b, D)
+            right = torch.einsum("aibj,nj->naib", blocks, chunk)  # Sigma[a, :, b, :] phi_n, (b, C, D, C)
+            logit_covariance.append(torch.einsum("naib,ni->nab", right, chunk))  # (b, C, C)
+        return phi @ self.weight_map.T, torch.cat(logit_covariance)
+
+    def predictive(
+        self,
+        phi: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        method: str = "mc",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        return_samples: bool = False,
+    ):
+        """Predictive probabilities (B, C), logits z ~ N(W_map phi + b, J Sigma J^T) sampled jointly.
+
+        Same methods and meaning as :meth:`VBLLHead.predictive` (probit uses only the logit
+        variances). Computed in float64 on the CPU (``generator`` must be a CPU generator);
+        returned on phi's device and in its dtype.
+        """
+        mean, covariance = self.logit_mean_and_covariance(phi)
+        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples, generator, return_samples)
+        if return_samples:
+            return result[0].to(phi.device, phi.dtype), result[1].to(phi.device, phi.dtype)
+        return result.to(phi.device, phi.dtype)

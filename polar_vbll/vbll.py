@@ -238,7 +238,8 @@ class VBLLHead(nn.Module):
             if tensor is None:
                 return torch.zeros(shape)
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
-                raise ShapeError(f"{name} must be a tensor of shape (num_classes, in_features) = {shape}; got {tuple(getattr(tensor, 'shape', ()))}")
+                got = tuple(getattr(tensor, "shape", ()))
+                raise ShapeError(f"{name} must be a tensor of shape (num_classes, in_features) = {shape}; got {got}")
             if not torch.isfinite(tensor).all():
                 raise NumericalError(f"{name} holds NaN or infinite values")
             return tensor.detach().clone().to(torch.get_default_dtype())

@@ -83,8 +83,8 @@ def polar_decomposition(
     so a condition number kappa needs about ``log(kappa * sqrt(n)) / log(1.5)`` steps
     (~40 for kappa = 1e6). Zero singular values stay zero: for a rank-deficient W,
     Newton-Schulz does not return orthonormal columns; use ``"svd"`` there.
-    ``tol`` defaults to ``sqrt(n) * 1e-5`` in float32 and ``sqrt(n) * 1e-12`` in float64
-    (one more step after that reaches rounding level, since convergence is quadratic).
+    ``tol`` defaults to ``sqrt(n) * 1e-5`` in float32 and ``sqrt(n) * 1e-12`` in float64;
+    convergence is quadratic near the end, so the last step usually lands well below tol.
 
     float16/bfloat16 inputs are computed in float32 and cast back.
     """

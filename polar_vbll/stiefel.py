@@ -113,8 +113,9 @@ def landing_field(X: torch.Tensor, G: torch.Tensor, lam: float = 1.0) -> torch.T
     if X.shape[-2] < X.shape[-1]:
         return landing_field(X.mT, G.mT, lam).mT
     identity = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
-    skew_part = (G @ X.mT - X @ G.mT) / 2  # (..., n, n)
-    relative_gradient = skew_part @ X  # (..., n, r), tangent
+    # skew(G X^T) X = (G (X^T X) - X (G^T X)) / 2: r x r products only, never the n x n skew(G X^T),
+    # so the cost is O(n r^2) (the n x n form costs O(n^2 r) time and O(n^2) memory).
+    relative_gradient = (G @ (X.mT @ X) - X @ (G.mT @ X)) / 2  # (..., n, r), tangent
     normal_pull = lam * X @ (X.mT @ X - identity)  # (..., n, r), normal
     return relative_gradient + normal_pull
 

@@ -53,6 +53,7 @@ NUM_CLASSES = 5
 LETTERS = "ABCDE"
 SPLITS = ("train", "validation", "test")
 DATA_ENV = "POLAR_VBLL_DATA"
+MIN_QUESTION_TOKENS = 32  # kept from the question even when the choices fill max_length
 
 
 @dataclass(frozen=True)
@@ -452,18 +453,21 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int = 256) -
 
     Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,) and ``choice_mask``
     (B, 5). A prompt longer than ``max_length`` loses tokens from the *start* of its
-    passage/question part; the choices and the ``Answer:`` cue are never cut.
+    passage/question part; the choices and the ``Answer:`` cue are never cut (if they alone are
+    longer than ``max_length``, the row keeps them plus the last ``MIN_QUESTION_TOKENS``
+    tokens of the question and is longer than ``max_length``).
     """
     if not examples:
         raise DataError("cannot encode an empty list of examples")
+    if max_length < 1:
+        raise ConfigError(f"max_length must be a positive number of tokens, got {max_length}")
     rows = []
     for example in examples:
         head = tokenizer.encode(_prompt_head(example), add_special_tokens=False)
         tail = tokenizer.encode(_prompt_tail(example), add_special_tokens=False)
-        room = max_length - len(tail)
-        if room < 1:
-            raise DataError(f"example {example.id!r} of {example.task!r}: its choices and cue "
-                            f"alone take {len(tail)} tokens, more than max_length={max_length}")
+        # The choices and the cue are never cut: when they alone exceed max_length, the row
+        # grows beyond it and keeps the last MIN_QUESTION_TOKENS of the question.
+        room = max(max_length - len(tail), MIN_QUESTION_TOKENS)
         rows.append(head[-room:] + tail)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id

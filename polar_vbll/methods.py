@@ -233,15 +233,19 @@ class Method:
     # ------------------------------------------------------------------ prediction
 
     @torch.no_grad()
-    def extract_features(self, examples, dropout: bool = False):
+    def extract_features(self, examples, dropout: bool = False, progress: bool = False):
         """phi (N, d), labels (N,), choice mask (N, C) in batches; dropout only for MC-dropout."""
+        from tqdm.auto import tqdm
+
         if not examples:
             raise ConfigError(f"method {self.name!r}: no examples to predict")
         self.model.eval()
         for adapter in self.adapters.values():
             adapter.dropout.train(dropout)
         phis, labels, masks = [], [], []
-        for chunk in data.batches(examples, self.profile.eval_batch_size):
+        size = self.profile.eval_batch_size
+        for chunk in tqdm(data.batches(examples, size), total=-(-len(examples) // size),
+                          desc="predicting", disable=not progress, leave=False):
             batch = encode(self.tokenizer, chunk, self.profile.max_length, self.device)
             phis.append(features(self.model, batch))
             labels.append(batch["labels"])
@@ -256,11 +260,13 @@ class Method:
         return self.head(phi, mask), labels, mask
 
     @torch.no_grad()
-    def predict(self, examples, generator: torch.Generator | None = None) -> dict:
+    def predict(self, examples, generator: torch.Generator | None = None,
+                progress: bool = False) -> dict:
         """A prediction record: probs (N, C), labels, mask, logits, and for Bayesian heads the
         last-layer samples; plus ``seconds_per_example`` measured around the whole prediction."""
         generator = generator or torch.Generator(device=self.device).manual_seed(self.seed)
         start = time.perf_counter()
+        self._progress = progress
         record = self._predict(examples, generator)
         record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
         record["backbone_passes"] = (self.profile.mc_dropout_passes if self.name == "mc_dropout"
@@ -284,7 +290,7 @@ class Method:
                 logits, labels, mask = self._logits(examples)
                 probs = probs + torch.softmax(logits, -1)
             return {"probs": probs / len(self.members), "labels": labels, "mask": mask}
-        phi, labels, mask = self.extract_features(examples)
+        phi, labels, mask = self.extract_features(examples, progress=self._progress)
         if isinstance(self.head, VBLLHead) or self.laplace is not None:
             bayes = self.head if self.laplace is None else self.laplace
             logits = self.head(phi, mask)

@@ -230,10 +230,13 @@ class Trainer:
         for name in first_block:
             if name in self.optimizers:
                 self.optimizers[name].step()
-        if alternating:
+        if alternating and self.config.posterior_steps:
             self._posterior_steps(cached)
-        for scheduler in self.schedulers.values():
-            scheduler.step()
+        stepped = list(self.optimizers) if not alternating or self.config.posterior_steps \
+            else first_block
+        for name in stepped:
+            if name in self.schedulers:
+                self.schedulers[name].step()
         self.state.step += 1
         entry = {"step": self.state.step, **totals,
                  "lr": self.schedulers[first_block[0]].get_last_lr()[0]}
@@ -269,8 +272,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, examples: list[data.Example], progress: bool = True,
-            checkpoint_dir=None, checkpoint_every: int | None = None) -> list[dict]:
-        """Train until ``config.steps`` (continuing from ``state.step`` after :meth:`load`)."""
+            checkpoint_dir=None, checkpoint_every: int | None = None,
+            until: int | None = None) -> list[dict]:
+        """Train until ``config.steps`` (continuing from ``state.step`` after :meth:`load`).
+
+        ``until`` stops earlier, after that many steps in total (the schedule still assumes
+        ``config.steps``): this is what an interrupted run looks like, used to test resuming.
+        """
         from tqdm.auto import tqdm
 
         config = self.config
@@ -280,7 +288,8 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.state.step, desc="fine-tuning",
                    disable=not progress, leave=False)
         start = time.perf_counter()
-        while self.state.step < config.steps:
+        last = config.steps if until is None else min(until, config.steps)
+        while self.state.step < last:
             micro = [next(stream) for _ in range(config.grad_accumulation)]
             entry = self.train_step(micro)
             entry["seconds"] = time.perf_counter() - start

@@ -1,0 +1,167 @@
+"""polar-vbll: evaluate, fine-tune and compare from the command line.
+
+    polar-vbll eval --task arc_easy --split test --limit 200
+    polar-vbll finetune --task arc_easy --method polar_vbll --profile cpu --out runs/pv
+    polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
+    polar-vbll compare --task obqa --methods mle,polar_vbll --ood obqa    (OBQA -> ARC, MMLU)
+
+Every command prints ACC / ECE / NLL / Brier and writes JSON (``compare`` also writes
+``report.html`` with reliability diagrams). Errors in arguments, data or checkpoints are
+reported in one line naming the argument and what was expected (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from polar_vbll.errors import PolarVBLLError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from polar_vbll import data, methods, models, profiles
+
+    parser = argparse.ArgumentParser(
+        prog="polar-vbll", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Data: POLAR_VBLL_DATA=<folder with the release files> (unset: Hugging Face "
+               "hub). Sizes: POLAR_VBLL_PROFILE or --profile (smoke | cpu | gpu).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tasks = ", ".join(data.task_names())
+
+    def common(sub, task_required=True):
+        sub.add_argument("--task", required=task_required, metavar="TASK",
+                         help=f"task to train/evaluate on: {tasks}")
+        sub.add_argument("--model", default=models.SMOLLM2,
+                         help=f"backbone: {models.SMOLLM2!r} (packaged, offline), "
+                              f"{models.TINY!r}, a local folder or a hub id")
+        sub.add_argument("--profile", choices=list(profiles.PROFILES), default=None,
+                         help="run size (default: POLAR_VBLL_PROFILE, else gpu/cpu)")
+        sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        sub.add_argument("--out", default=None, help="output folder for JSON / report / "
+                                                     "checkpoint")
+        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    evaluate = commands.add_parser("eval", help="zero-shot evaluation of the backbone",
+                                   description="Zero-shot ACC / ECE / NLL / Brier from the "
+                                               "answer-letter logits.")
+    common(evaluate)
+    evaluate.add_argument("--split", default="test", choices=list(data.SPLITS))
+    evaluate.add_argument("--limit", type=int, default=None, help="first N questions only")
+
+    finetune = commands.add_parser("finetune", help="fine-tune one method and evaluate it",
+                                   description="Fine-tune one method on --task, evaluate on its "
+                                               "test split, save a checkpoint in --out.")
+    common(finetune)
+    finetune.add_argument("--method", required=True, metavar="METHOD",
+                          help=f"one of: {', '.join(methods.method_names())}")
+    finetune.add_argument("--stiefel-method", default="landing",
+                          choices=["landing", "geoopt", "retraction"],
+                          help="how PoLAR's X and Y are trained (default landing)")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue from the checkpoint in --out/checkpoint")
+
+    compare = commands.add_parser("compare", help="fine-tune several methods and compare",
+                                  description="Fine-tune each method on --task; metrics on the "
+                                              "test split and OOD tasks; results.json and "
+                                              "report.html in --out.")
+    common(compare)
+    compare.add_argument("--methods", required=True,
+                         help=f"comma-separated: {', '.join(methods.method_names())}")
+    compare.add_argument("--ood", default=None,
+                         help="comma-separated OOD tasks, or 'obqa' for the OBQA -> ARC-C, "
+                              "ARC-E, MMLU protocol (needs --task obqa)")
+    return parser
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    print(f"{title}: ACC {100 * summary['accuracy']:.1f}%  ECE {100 * summary['ece']:.1f}%  "
+          f"NLL {summary['nll']:.3f}  Brier {summary['brier']:.3f}  (n={summary['n']})")
+
+
+def _write_json(folder, name: str, payload: dict) -> Path:
+    from polar_vbll.evaluation import _atomic_write, _check_writable
+
+    folder = Path(folder)
+    _check_writable(folder)
+    path = folder / name
+    _atomic_write(path, json.dumps(payload, indent=1))
+    return path
+
+
+def run_eval(args) -> int:
+    from polar_vbll import data, methods, metrics
+
+    examples = data.load_task(args.task, args.split, limit=args.limit)
+    if args.out:
+        from polar_vbll.evaluation import _check_writable
+        _check_writable(Path(args.out))
+    method = methods.make_method("zero_shot", profile=args.profile, model_name=args.model,
+                                 seed=args.seed, progress=not args.no_progress)
+    record = method.predict(examples, progress=not args.no_progress)
+    summary = metrics.summarize(record["probs"], record["labels"])
+    _print_summary(f"zero-shot {args.model} on {args.task}/{args.split}", summary)
+    if args.out:
+        path = _write_json(args.out, f"eval_{args.task}_{args.split}.json",
+                           {"task": args.task, "split": args.split, "model": args.model,
+                            "metrics": summary, "probs": record["probs"].tolist(),
+                            "labels": record["labels"].tolist()})
+        print(f"wrote {path}")
+    return 0
+
+
+def run_finetune(args) -> int:
+    from polar_vbll import evaluation, methods, metrics, profiles
+
+    profile = profiles.get_profile(args.profile)
+    if args.resume and not args.out:
+        raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
+    if args.out:
+        evaluation._check_writable(Path(args.out))
+    splits = evaluation.load_splits(args.task, profile, [])
+    method = methods.make_method(args.method, profile=profile, model_name=args.model,
+                                 seed=args.seed, progress=not args.no_progress,
+                                 stiefel_method=args.stiefel_method)
+    checkpoint = Path(args.out) / "checkpoint" if args.out else None
+    method.fit(splits["train"], splits["validation"], checkpoint_dir=checkpoint,
+               resume=args.resume)
+    record = method.predict(splits[args.task])
+    summary = metrics.summarize(record["probs"], record["labels"])
+    _print_summary(f"{args.method} on {args.task}/test", summary)
+    if args.out:
+        method.save(Path(args.out) / "model")
+        path = _write_json(args.out, "result.json", {
+            "task": args.task, "method": args.method, "profile": profile.to_dict(),
+            "metrics": summary, "seconds_per_example": record["seconds_per_example"],
+            "history": method.trainer.state.history if method.trainer else []})
+        print(f"wrote {path} and the model in {Path(args.out) / 'model'}")
+    return 0
+
+
+def run_compare(args) -> int:
+    from polar_vbll import evaluation
+
+    results = evaluation.compare(args.task, args.methods, profile=args.profile,
+                                 ood=args.ood, model_name=args.model, seed=args.seed,
+                                 progress=not args.no_progress, out=args.out)
+    print(evaluation.metrics_table(results))
+    if args.out:
+        print(f"report: {Path(args.out) / 'report.html'}")
+        print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"eval": run_eval, "finetune": run_finetune, "compare": run_compare}
+    try:
+        return handlers[args.command](args)
+    except PolarVBLLError as error:
+        print(f"polar-vbll {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

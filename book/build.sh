@@ -58,6 +58,6 @@ mkdir -p "$BOOK_DIR/notebooks"
 
 start=$SECONDS
 "$JB" build "$BOOK_DIR" --builder html -W -n --keep-going
-pages=$(find "$BOOK_DIR/_build/html" -name '*.html' -not -path '*/_static/*' \
-        -not -name 'genindex.html' -not -name 'search.html' | wc -l)
+pages=$(find "$BOOK_DIR/_build/html" -name '*.html' -not -path '*/_static/*' -not -name 'genindex.html' \
+        -not -name 'search.html' -exec grep -L 'http-equiv="Refresh"' {} + | wc -l)  # content pages
 echo "build.sh: built $pages pages in $((SECONDS - start)) s: $BOOK_DIR/_build/html/index.html"

@@ -11,6 +11,9 @@ figures work offline and no page embeds or downloads its own plotly.js. (The JSO
 the HTML: myst-nb parses every mime type of an output and warns about the unknown plotly one, and the
 book is built with -W.)
 
+An output that is only an ipywidgets view (e.g. a tqdm progress bar, whose text/plain is a stale
+"0%|" line) has nothing the book can show, so it is dropped from the book's copy.
+
 Checks (exit status 1 with a message): every ``SOURCE_DIR/*.ipynb`` has an executed copy in
 EXECUTED_DIR, and each copy was executed (its code cells carry execution counts), so the book is
 never built from notebooks that silently were not run.
@@ -25,6 +28,8 @@ from pathlib import Path
 import plotly.io as pio
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+STATIC_VIEWS = {PLOTLY_MIME, "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg", "image/svg+xml"}
 DEFAULT_HEIGHT = "500px"
 
 
@@ -50,6 +55,19 @@ def add_static_views(notebook: dict, stem: str) -> int:
     return count
 
 
+def drop_widget_only_outputs(notebook: dict) -> int:
+    """Remove outputs that hold a widget view but no static view; return how many were removed."""
+    removed = 0
+    for cell in notebook.get("cells", []):
+        outputs = cell.get("outputs", [])
+        kept = [output for output in outputs
+                if WIDGET_MIME not in output.get("data", {}) or STATIC_VIEWS & set(output["data"])]
+        removed += len(outputs) - len(kept)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
+
+
 def was_executed(notebook: dict) -> bool:
     code_cells = [cell for cell in notebook.get("cells", []) if cell.get("cell_type") == "code"
                   and "".join(cell.get("source", "")).strip()]
@@ -71,10 +89,12 @@ def main(executed_dir: Path, source_dir: Path, book_dir: Path) -> int:
         if not was_executed(notebook):
             problems.append(f"{executed}: no code cell has an execution count (was it executed?)")
             continue
+        dropped = drop_widget_only_outputs(notebook)
         figures = add_static_views(notebook, source.stem)
         (book_dir / source.name).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n",
                                             encoding="utf-8")
-        print(f"prepare_notebooks: {source.name}: {figures} plotly figure(s)")
+        print(f"prepare_notebooks: {source.name}: {figures} plotly figure(s), "
+              f"{dropped} widget-only output(s) left out")
     for problem in problems:
         print(f"prepare_notebooks: {problem}", file=sys.stderr)
     return 1 if problems else 0

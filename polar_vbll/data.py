@@ -185,6 +185,9 @@ def _label_index(key: str, labels: list[str], path, line) -> int:
 
 
 def _check_choices(choices, path, line):
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise DataError(f"{path}, line {line}: 'choices' must be a list of {{label, text}} "
+                        f"objects, got {choices!r:.60}")
     if not 2 <= len(choices) <= NUM_CLASSES:
         raise DataError(
             f"{path}, line {line}: {len(choices)} choices; expected between 2 and {NUM_CLASSES}"
@@ -461,6 +464,13 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int = 256) -
         raise DataError("cannot encode an empty list of examples")
     if max_length < 1:
         raise ConfigError(f"max_length must be a positive number of tokens, got {max_length}")
+    for example in examples:  # a bad example would index past the (B, 5) choice mask
+        if not 2 <= example.num_choices <= NUM_CLASSES:
+            raise DataError(f"example {example.id!r} has {example.num_choices} choices; expected "
+                            f"between 2 and {NUM_CLASSES}")
+        if not 0 <= example.label < example.num_choices:
+            raise DataError(f"example {example.id!r}: label {example.label} is outside its "
+                            f"{example.num_choices} choices (expected 0..{example.num_choices - 1})")
     rows = []
     for example in examples:
         head = tokenizer.encode(_prompt_head(example), add_special_tokens=False)

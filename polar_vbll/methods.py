@@ -333,7 +333,15 @@ class Method:
         if "method" not in config:
             raise CheckpointError(f"{folder}/config.json has no 'method' entry; not a method "
                                   "checkpoint")
-        profile = Profile(**config["profile"])
+        missing = sorted({"model", "seed", "profile", "options"} - set(config))
+        if missing:
+            raise CheckpointError(f"{folder}/config.json lacks {missing}; expected the config "
+                                  "written by Method.save")
+        try:
+            profile = Profile(**config["profile"])
+        except TypeError as error:
+            raise CheckpointError(f"{folder}/config.json: 'profile' does not match the "
+                                  f"Profile fields ({error})") from None
         method = cls(config["method"], profile=profile, model_name=config["model"],
                      seed=config["seed"], device=device, progress=progress, **config["options"])
         method.temperature = config.get("temperature", 1.0)

@@ -23,14 +23,24 @@ import torch
 from polar_vbll.errors import CheckpointError, ConfigError
 
 
-def _writable_parent(folder: Path) -> None:
-    parent = folder.parent
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed; ConfigError naming it when it cannot be created or written."""
+    folder = Path(folder)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"cannot create the output folder {parent}: {error.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"the output folder {parent} is not writable; choose another --out")
+        raise ConfigError(f"cannot create output folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"output folder {folder} is not writable; choose another --out")
+    return folder
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file next to ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def save_checkpoint(folder: str | Path, tensors: dict[str, dict[str, torch.Tensor]],
@@ -39,7 +49,7 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, dict[str, torch.Tenso
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    _writable_parent(folder)
+    ensure_writable_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.writing-"))
     try:
         for stem, group in tensors.items():

@@ -82,12 +82,10 @@ def _print_summary(title: str, summary: dict) -> None:
 
 
 def _write_json(folder, name: str, payload: dict) -> Path:
-    from polar_vbll.evaluation import _atomic_write, _check_writable
+    from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
 
-    folder = Path(folder)
-    _check_writable(folder)
-    path = folder / name
-    _atomic_write(path, json.dumps(payload, indent=1))
+    path = ensure_writable_folder(folder) / name
+    atomic_write_text(path, json.dumps(payload, indent=1))
     return path
 
 
@@ -96,8 +94,8 @@ def run_eval(args) -> int:
 
     examples = data.load_task(args.task, args.split, limit=args.limit)
     if args.out:
-        from polar_vbll.evaluation import _check_writable
-        _check_writable(Path(args.out))
+        from polar_vbll.checkpoints import ensure_writable_folder
+        ensure_writable_folder(args.out)
     method = methods.make_method("zero_shot", profile=args.profile, model_name=args.model,
                                  seed=args.seed, progress=not args.no_progress)
     record = method.predict(examples, progress=not args.no_progress)
@@ -114,12 +112,13 @@ def run_eval(args) -> int:
 
 def run_finetune(args) -> int:
     from polar_vbll import evaluation, methods, metrics, profiles
+    from polar_vbll.checkpoints import ensure_writable_folder
 
     profile = profiles.get_profile(args.profile)
     if args.resume and not args.out:
         raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
     if args.out:
-        evaluation._check_writable(Path(args.out))
+        ensure_writable_folder(args.out)
     splits = evaluation.load_splits(args.task, profile, [])
     method = methods.make_method(args.method, profile=profile, model_name=args.model,
                                  seed=args.seed, progress=not args.no_progress,

@@ -14,13 +14,13 @@ evaluate on ARC-Challenge, ARC-Easy and MMLU subjects (:data:`OOD_PROTOCOL`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from polar_vbll import data, metrics, models
+from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
 from polar_vbll.errors import ConfigError
 from polar_vbll.methods import get_spec, make_method
 from polar_vbll.profiles import Profile, get_profile
@@ -77,7 +77,7 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
         get_spec(name)
     ood_tasks = resolve_ood(task, ood)
     if out is not None:
-        _check_writable(Path(out))
+        ensure_writable_folder(Path(out))
     splits = load_splits(task, profile, ood_tasks)
     datasets = [task] + ood_tasks
     results = {"task": task, "ood": ood_tasks, "profile": profile.to_dict(),
@@ -101,15 +101,6 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
     if out is not None:
         write_results(results, out)
     return results
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create output folder {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"output folder {folder} is not writable; choose another --out")
 
 
 def to_json(results: dict, keep_probabilities: bool = True) -> dict:
@@ -156,9 +147,9 @@ def write_results(results: dict, out: str | Path) -> dict[str, Path]:
     from polar_vbll import viz
 
     out = Path(out)
-    _check_writable(out)
+    ensure_writable_folder(out)
     paths = {"json": out / "results.json", "report": out / "report.html"}
-    _atomic_write(paths["json"], json.dumps(to_json(results), indent=1))
+    atomic_write_text(paths["json"], json.dumps(to_json(results), indent=1))
     table = {name: entry["metrics"][results["task"]]
              for name, entry in results["methods"].items()}
     figures = [viz.reliability_diagram(
@@ -174,11 +165,7 @@ def write_results(results: dict, out: str | Path) -> dict[str, Path]:
                                     include_plotlyjs="inline" if index == 0 else False))
     html = "<html><head><meta charset='utf-8'><title>polar_vbll report</title></head><body>" \
            + "\n".join(parts) + "</body></html>"
-    _atomic_write(paths["report"], html)
+    atomic_write_text(paths["report"], html)
     return paths
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -386,4 +386,4 @@ def make_method(name: str, profile: Profile | str | None = None, **options) -> M
 
 
 __all__ = ["METHODS", "Method", "MethodSpec", "fit_temperature", "get_spec", "make_method",
-           "method_names", "asdict"]
+           "method_names"]

@@ -26,6 +26,7 @@ the answer letters, so every method starts from the same zero-shot model. The Ba
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, replace
@@ -180,9 +181,10 @@ class Method:
                                    self.train_config(seed), num_data=len(train_examples))
             if resume and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
                 self.trainer.load(checkpoint_dir)
-            self.trainer.fit(train_examples, progress=self.progress,
-                             checkpoint_dir=checkpoint_dir if self.spec.members <= 1 else None,
-                             checkpoint_every=self.profile.log_every)
+            with seeded_global_rng(seed, self.device):  # dropout masks (mc_dropout)
+                self.trainer.fit(train_examples, progress=self.progress,
+                                 checkpoint_dir=checkpoint_dir if self.spec.members <= 1 else None,
+                                 checkpoint_every=self.profile.log_every)
             if self.spec.members > 1:
                 self.members.append(self._member_tensors())
         if self.spec.post_hoc == "temperature":
@@ -267,7 +269,8 @@ class Method:
         generator = generator or torch.Generator(device=self.device).manual_seed(self.seed)
         start = time.perf_counter()
         self._progress = progress
-        record = self._predict(examples, generator)
+        with seeded_global_rng(self.seed, self.device):  # the N dropout passes of mc_dropout
+            record = self._predict(examples, generator)
         record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
         record["backbone_passes"] = (self.profile.mc_dropout_passes if self.name == "mc_dropout"
                                      else max(1, self.spec.members))
@@ -359,6 +362,15 @@ class Method:
             method.laplace.ggn = tensors["laplace"]["ggn"].double()
             method.laplace.prior_precision = float(tensors["laplace"]["prior_precision"])
         return method
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Dropout draws its masks from torch's global generator: fork it and seed it, so the same
+    seed gives the same masks and the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _reset_adapters(adapters: dict, seed: int) -> None:

@@ -1,0 +1,95 @@
+"""Inference time per example: deterministic vs VBLL (MC in the head, probit) vs MC-dropout vs ensemble.
+
+Every side is a ``polar_vbll.methods.make_method(...)`` and a timed call is
+``method.predict(test_examples)`` on the same ARC-Easy test questions (the library's own
+prediction path: batching, backbone pass(es), head, softmax). Training does not change the cost
+of prediction, so the methods are used as built (zero-shot start), except the ensemble, which
+needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first.
+Sides alternate round-robin in one run.
+
+    .venv/bin/python benchmarks/bench_inference.py --repeats 3
+
+Targets (issue): VBLL <= 1.05 x deterministic (same PoLAR backbone) and VBLL >= 8 x faster
+than MC-dropout with 10 passes.
+"""
+
+from __future__ import annotations
+
+import _common
+
+_common.add_repo_to_path()
+
+SIDES = {  # name -> (method, options)
+    "deterministic_polar": ("polar", {}),
+    "vbll_mc": ("polar_vbll", {"predictive": "mc"}),
+    "vbll_probit": ("polar_vbll", {"predictive": "probit"}),
+    "deterministic_lora": ("mle", {}),
+    "mc_dropout": ("mc_dropout", {}),
+    "ensemble": ("ensemble", {}),
+}
+VBLL_OVER_DETERMINISTIC = 1.05
+MC_DROPOUT_OVER_VBLL = 8.0
+
+
+def main() -> None:
+    parser = _common.base_parser(__doc__.splitlines()[0], default_repeats=3)
+    parser.add_argument("--examples", type=int, default=16, help="ARC-Easy test questions per call")
+    parser.add_argument("--passes", type=int, default=10, help="MC-dropout passes")
+    parser.add_argument("--members", type=int, default=3, help="ensemble members")
+    parser.add_argument("--ensemble-fit-steps", type=int, default=1)
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"subset of {list(SIDES)}")
+    args = parser.parse_args()
+    _common.apply_threads(args)
+    device = _common.resolve_device(args.device)
+    profile = _common.resolve_profile(args.profile).with_overrides(
+        mc_dropout_passes=args.passes, ensemble_members=args.members,
+        steps=args.ensemble_fit_steps)
+    from polar_vbll import data
+    from polar_vbll.methods import make_method
+
+    examples = data.load_task("arc_easy", "test")[: args.examples]
+    sides, methods = {}, {}
+    for name in args.sides.split(","):
+        method_name, options = SIDES[name]
+        method = make_method(method_name, profile=profile, device=device, progress=False,
+                             **options)
+        if method_name == "ensemble":
+            train = data.load_task("arc_easy", "train")[: profile.batch_size]
+            method.fit(train)
+        methods[name] = method
+        sides[name] = (lambda m=method: m.predict(examples))
+
+    times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
+    per_example = {name: [t / len(examples) for t in v] for name, v in times.items()}
+    measurements = {
+        "examples_per_call": len(examples), "eval_batch_size": profile.eval_batch_size,
+        "last_layer_samples": profile.last_layer_samples, "mc_dropout_passes": args.passes,
+        "ensemble_members": args.members,
+        "seconds_per_example": {name: _common.summary(v) for name, v in per_example.items()}}
+    reference = "deterministic_polar" if "deterministic_polar" in times else next(iter(times))
+    ratios = {f"{name}_over_{reference}": _common.ratio(v, per_example[reference])
+              for name, v in per_example.items() if name != reference}
+    checks, lines = [], [f"inference per example, {len(examples)} ARC-Easy test questions per "
+                         f"call (profile {profile.name}: {profile.last_layer_samples} last-layer "
+                         f"samples, batch {profile.eval_batch_size})"]
+    lines += _common.time_table(per_example, reference, unit="ms", scale=1e3)
+    if {"vbll_mc", "deterministic_polar"} <= set(times):
+        value = ratios["vbll_mc_over_deterministic_polar"]["ratio_of_medians"]
+        checks.append(value <= VBLL_OVER_DETERMINISTIC)
+        lines.append(f"VBLL (mc) / deterministic (same PoLAR backbone): {value:.3f}")
+    if {"vbll_mc", "mc_dropout"} <= set(times):
+        ratios["mc_dropout_over_vbll_mc"] = _common.ratio(per_example["mc_dropout"],
+                                                          per_example["vbll_mc"])
+        value = ratios["mc_dropout_over_vbll_mc"]["ratio_of_medians"]
+        checks.append(value >= MC_DROPOUT_OVER_VBLL)
+        lines.append(f"MC-dropout-{args.passes} / VBLL (mc): {value:.2f}")
+    payload = _common.result(
+        "inference", device, measurements, ratios,
+        target=f"vbll_mc <= {VBLL_OVER_DETERMINISTIC} x deterministic_polar and mc_dropout "
+               f"({args.passes} passes) >= {MC_DROPOUT_OVER_VBLL:g} x vbll_mc (ratios of medians)",
+        met=all(checks) if checks else None, profile=profile.name, repeats=args.repeats)
+    _common.emit(payload, lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -323,8 +323,9 @@ class Method:
             tensors[f"member{index}_adapters"] = member["adapters"]
             tensors[f"member{index}_head"] = member["head"]
         if self.laplace is not None:
-            tensors["laplace"] = {"ggn": self.laplace.ggn.float(),
-                                  "prior_precision": torch.tensor(self.laplace.prior_precision)}
+            tensors["laplace"] = {"ggn": self.laplace.ggn,  # float64: exact round trip
+                                  "prior_precision": torch.tensor(self.laplace.prior_precision,
+                                                                 dtype=torch.float64)}
         state = {"history": self.trainer.state.history if self.trainer else [],
                  "members": len(self.members)}
         return checkpoints.save_checkpoint(folder, tensors, self.config(), state)

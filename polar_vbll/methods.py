@@ -204,14 +204,16 @@ class Method:
         self._build_vbll_head()
 
     def _build_vbll_head(self) -> None:
-        """VBLL head at the zero-shot rows; prior N(rows, s I); q starts at 1% of the prior's
-        variance, so the first predictive equals the zero-shot one to ~1e-2 in logit variance."""
+        """VBLL head at the zero-shot rows; prior N(rows, s I); q starts at 10% of the prior's
+        variance (logit variance ~0.1 at s = 1 / ||phi||^2, so the first predictive is within
+        ~1e-2 of the zero-shot one) and a KL of d * C * (ln 10 - 0.9) / 2 ~ 2000 nats that the
+        covariance learning rate removes within a few dozen head steps."""
         weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
         scale = self.prior_scale or 1.0
         self.head = VBLLHead(weight.shape[1], data.NUM_CLASSES,
                              covariance=self.options["covariance"], prior_scale=scale,
                              init_mean=weight, prior_mean=weight,
-                             init_scale=0.1 * scale ** 0.5).to(self.device)
+                             init_scale=(0.1 * scale) ** 0.5).to(self.device)
 
     def _fit_laplace(self, train_examples, validation_examples) -> None:
         phi, labels, mask = self.extract_features(train_examples)

@@ -23,8 +23,9 @@ Two schedules:
 
   1. adapter step: one step on (X, Theta, Y) through the ELBO with the posterior q fixed;
   2. posterior steps: ``posterior_steps`` steps on q's mean and covariance with the adapters
-     fixed, on the *same batch's* features phi, detached (no second backbone pass: these are
-     the features computed in step 1).
+     fixed, on the *same batch's* features phi, detached. No second backbone pass: these are
+     the features computed in step 1's forward pass, i.e. with the adapters as they were just
+     before their update (one step stale, the price of not running the backbone twice).
 
   Each block step increases L for the other block held fixed, which is what makes the
   alternation converge in practice.
@@ -65,7 +66,7 @@ class TrainConfig:
     max_length: int = 192
     learning_rate: float = 3e-4
     head_learning_rate: float = 3e-4
-    covariance_learning_rate: float = 1e-2
+    covariance_learning_rate: float = 5e-2
     weight_decay: float = 0.0
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0

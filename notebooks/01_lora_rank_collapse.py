@@ -225,6 +225,7 @@ for trace in figure.data:  # colour = optimizer, dash = parametrization
     trace.line.color = viz.method_color("mle") if "Adam" in trace.name else viz.method_color("zero_shot")
     trace.line.dash = "solid" if trace.name.startswith("BA") else "dot"
     trace.mode = "lines"
+    trace.name = trace.name.replace(" (mean over modules)", "")  # one matrix per run here
 figure.add_hline(y=target_stable_rank, line_dash="dash", line_color="black",
                  annotation_text="stable rank of the target")
 figure.update_layout(title_text="Fitting a rank-8 target: stable rank of ΔW over the steps")

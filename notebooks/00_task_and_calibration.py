@@ -353,7 +353,8 @@ print(f"profile {profile.name!r}: {profile.steps} steps on {len(train)} question
 #   letter counts above show how much of the zero-shot model's confidence is a preference for a letter
 #   rather than knowledge of the answer.
 # - Fine-tuning with plain LoRA maximizes the likelihood of the training answers. Its first effect is
-#   to undo the zero-shot biases; run long enough on a small training set, nothing in the objective
+#   to undo the zero-shot biases, which by itself can *lower* the ECE of a strongly biased zero-shot
+#   model even before the accuracy moves; run long enough on a small training set, nothing in the objective
 #   stops it from pushing the training answers' probabilities towards 1, and fine-tuned language models
 #   are known to end up overconfident on new questions (the motivation of Laplace-LoRA and BLoB, which
 #   later notebooks build on). The printout above says where this run stands: compare the two gaps

@@ -261,9 +261,10 @@ for name in ("full, Adam", "BA, Adam"):
 #   matters most. In the middle of training a few directions carry most of $\Delta W$: the stable
 #   rank dips well below the target's.
 # - **Given enough steps, the dip goes away**: here the target is reachable and every run ends at
-#   $T$'s stable rank. So the product alone does not make collapse permanent. A fine-tune is different
-#   in two ways: it stops after a few hundred steps, mid-race, and the target is not a fixed matrix but
-#   the task gradient, which (we measure it below) is itself dominated by one or two directions.
+#   $T$'s stable rank. So the product alone does not make collapse permanent. A fine-tune differs in
+#   two ways: it stops after a limited number of steps, and its target is not a fixed matrix but
+#   wherever the task gradient points, which (we measure it below) is itself dominated by one or two
+#   directions; the product then amplifies those.
 #
 # ## 4 · The real model: LoRA on SmolLM2
 #

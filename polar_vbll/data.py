@@ -175,11 +175,11 @@ def _field(row: dict, key: str, path: Path, line: int):
     return row[key]
 
 
-def _label_index(key: str, labels: list[str], path, line) -> int:
+def _label_index(key: str, labels: list[str], path, line, unit: str = "line") -> int:
     """Map an answer key through the choice labels, never by position."""
     if key not in labels:
         raise DataError(
-            f"{path}, line {line}: answer key {key!r} is not among the choice labels {labels}"
+            f"{path}, {unit} {line}: answer key {key!r} is not among the choice labels {labels}"
         )
     return labels.index(key)
 
@@ -311,7 +311,7 @@ def _load_mmlu(path: Path, task: str) -> list[Example]:
         if len(row) != 6:
             raise DataError(f"{path}, row {number}: {len(row)} fields; expected 6 "
                             "(question, A, B, C, D, answer letter)")
-        label = _label_index(row[5].strip(), list("ABCD"), path, f"row {number}")
+        label = _label_index(row[5].strip(), list("ABCD"), path, number, unit="row")
         examples.append(Example(f"{task}-{number}", row[0], tuple(row[1:5]), label, task=task))
     return examples
 

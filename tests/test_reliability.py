@@ -177,7 +177,7 @@ BAD_INPUTS = [
     ("mmlu-answer-letter-F", lambda c: data.load_task(
         "mmlu_college_physics", "test", data_dir=c.write(
             "mmlu/test/college_physics_test.csv", "What is g?,1,2,9.8,0,F\n").parents[2]),
-     DataError, r"college_physics_test\.csv, line row 1: answer key 'F' is not among"),
+     DataError, r"college_physics_test\.csv, row 1: answer key 'F' is not among"),
     ("boolq-label-maybe", lambda c: data.load_task("boolq", "test", data_dir=c.write(
         "boolq/val.jsonl", json.dumps({"question": "q", "passage": "p", "label": "maybe"})
     ).parents[1]),

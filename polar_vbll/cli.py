@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from polar_vbll.errors import PolarVBLLError
+from polar_vbll.errors import ConfigError, PolarVBLLError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,12 +44,18 @@ def _parser() -> argparse.ArgumentParser:
                                                      "checkpoint")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    evaluate = commands.add_parser("eval", help="zero-shot evaluation of the backbone",
-                                   description="Zero-shot ACC / ECE / NLL / Brier from the "
-                                               "answer-letter logits.")
+    evaluate = commands.add_parser(
+        "eval", help="zero-shot evaluation of the backbone",
+        description="Zero-shot ACC / ECE / NLL / Brier of the backbone, scored two ways: "
+                    "'letter' reads the answer-letter logits after the lettered choices (the "
+                    "classifier every fine-tuning method starts from); 'cloze' scores each "
+                    "choice text as a continuation of the question (mean log-probability per "
+                    "token), the form in which small models are usually evaluated.")
     common(evaluate)
     evaluate.add_argument("--split", default="test", choices=list(data.SPLITS))
     evaluate.add_argument("--limit", type=int, default=None, help="first N questions only")
+    evaluate.add_argument("--scoring", default="both", choices=["letter", "cloze", "both"],
+                          help="which zero-shot classifier to score (default both)")
 
     finetune = commands.add_parser("finetune", help="fine-tune one method and evaluate it",
                                    description="Fine-tune one method on --task, evaluate on its "
@@ -90,22 +96,32 @@ def _write_json(folder, name: str, payload: dict) -> Path:
 
 
 def run_eval(args) -> int:
-    from polar_vbll import data, methods, metrics
+    from polar_vbll import cloze, data, methods, metrics
 
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of questions, got {args.limit}")
     examples = data.load_task(args.task, args.split, limit=args.limit)
     if args.out:
         from polar_vbll.checkpoints import ensure_writable_folder
         ensure_writable_folder(args.out)
     method = methods.make_method("zero_shot", profile=args.profile, model_name=args.model,
                                  seed=args.seed, progress=not args.no_progress)
-    record = method.predict(examples, progress=not args.no_progress)
-    summary = metrics.summarize(record["probs"], record["labels"])
-    _print_summary(f"zero-shot {args.model} on {args.task}/{args.split}", summary)
+    scorings = ["letter", "cloze"] if args.scoring == "both" else [args.scoring]
+    payload = {"task": args.task, "split": args.split, "model": args.model, "scorings": {}}
+    for scoring in scorings:
+        if scoring == "letter":
+            record = method.predict(examples, progress=not args.no_progress)
+        else:
+            record = cloze.predict(method.model, method.tokenizer, examples,
+                                   batch_size=max(1, method.profile.eval_batch_size // 4),
+                                   max_length=method.profile.max_length,
+                                   progress=not args.no_progress)
+        summary = metrics.summarize(record["probs"], record["labels"])
+        _print_summary(f"zero-shot {args.model} on {args.task}/{args.split} ({scoring})", summary)
+        payload["scorings"][scoring] = {"metrics": summary, "probs": record["probs"].tolist()}
+        payload["labels"] = record["labels"].tolist()
     if args.out:
-        path = _write_json(args.out, f"eval_{args.task}_{args.split}.json",
-                           {"task": args.task, "split": args.split, "model": args.model,
-                            "metrics": summary, "probs": record["probs"].tolist(),
-                            "labels": record["labels"].tolist()})
+        path = _write_json(args.out, f"eval_{args.task}_{args.split}.json", payload)
         print(f"wrote {path}")
     return 0
 

@@ -13,7 +13,9 @@ example becomes the same kind of prompt::
     Answer:
 
 The zero-shot classifier is the model's next-token logits for `` A``, `` B``, ... at the last
-position. Heads always have :data:`NUM_CLASSES` = 5 outputs; a boolean ``choice_mask`` marks
+position. (SmolLM2-135M is at chance in this letter format; :mod:`polar_vbll.cloze` scores the
+same questions in *cloze* form, with the choice texts as continuations of
+:func:`format_cloze_context`, the way small models are usually evaluated.) Heads always have :data:`NUM_CLASSES` = 5 outputs; a boolean ``choice_mask`` marks
 which letters exist for a question (ARC has 3-5 choices, BoolQ and WinoGrande 2).
 
 Where the files come from (``POLAR_VBLL_DATA``, layout of the official releases):
@@ -446,6 +448,13 @@ def _prompt_head(example: Example) -> str:
             f"{passage}Question: {example.question}\n")
 
 
+def format_cloze_context(example: Example) -> str:
+    """The context of cloze scoring: the letter prompt's head (topic line, passage, question)
+    and ``Answer:``, without the lettered choices. Each choice is scored as the continuation
+    ``" " + choice`` (see :mod:`polar_vbll.cloze`)."""
+    return _prompt_head(example) + "Answer:"
+
+
 def _prompt_tail(example: Example) -> str:
     lines = [f"{LETTERS[i]}) {text}" for i, text in enumerate(example.choices)]
     return "\n".join(lines) + "\nAnswer:"
@@ -479,19 +488,25 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int = 256) -
         # grows beyond it and keeps the last MIN_QUESTION_TOKENS of the question.
         room = max(max_length - len(tail), MIN_QUESTION_TOKENS)
         rows.append(head[-room:] + tail)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        attention_mask[i, width - len(row):] = 1
+    input_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)
     choice_mask = torch.zeros((len(rows), NUM_CLASSES), dtype=torch.bool)
     for i, example in enumerate(examples):
         choice_mask[i, : example.num_choices] = True
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "choice_mask": choice_mask}
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths -> ``input_ids`` and ``attention_mask`` (B, T), padded on
+    the left so that every row's last token sits in the last column."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row):] = 1
+    return input_ids, attention_mask
 
 
 def batches(examples: list[Example], batch_size: int, shuffle: bool = False,

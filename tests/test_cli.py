@@ -27,9 +27,12 @@ def test_eval_on_smollm2_writes_json(tmp_path, capsys):
     assert cli.main(["eval", "--task", "arc_easy", "--split", "validation", "--limit", "8",
                      "--out", str(tmp_path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "zero-shot smollm2-135m on arc_easy/validation: ACC" in printed
+    assert "zero-shot smollm2-135m on arc_easy/validation (letter): ACC" in printed
+    assert "zero-shot smollm2-135m on arc_easy/validation (cloze): ACC" in printed
     result = json.loads((tmp_path / "eval_arc_easy_validation.json").read_text())
-    assert result["metrics"]["n"] == 8 and len(result["probs"]) == 8
+    assert set(result["scorings"]) == {"letter", "cloze"} and len(result["labels"]) == 8
+    for scoring in result["scorings"].values():
+        assert scoring["metrics"]["n"] == 8 and len(scoring["probs"]) == 8
 
 
 def test_finetune_and_compare_on_tiny(tmp_path, capsys):
@@ -53,6 +56,7 @@ def test_finetune_and_compare_on_tiny(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["finetune", "--task", "arc_easy", "--method", "bogus"], "unknown method 'bogus'"),
     (["eval", "--task", "nope"], "unknown task 'nope'"),
+    (["eval", "--task", "arc_easy", "--limit", "0"], "--limit must be a positive number"),
     (["compare", "--task", "arc_easy", "--methods", "mle", "--ood", "obqa"],
      "the OOD protocol trains on 'obqa' but --task is 'arc_easy'"),
     (["finetune", "--task", "arc_easy", "--method", "mle", "--resume"], "--resume needs --out"),

@@ -110,14 +110,22 @@ def landing_field(X: torch.Tensor, G: torch.Tensor, lam: float = 1.0) -> torch.T
         raise ShapeError(f"X must be a matrix (..., n, r), got shape {tuple(X.shape)}")
     if G.shape != X.shape:
         raise ShapeError(f"G must have the shape of X {tuple(X.shape)}, got {tuple(G.shape)}")
+    return _landing_field_and_gram(X, G, lam)[0]
+
+
+def _landing_field_and_gram(X: torch.Tensor, G: torch.Tensor, lam: float):
+    """The landing field and the Gram matrix X^T X of the tall side (LandingAdam reuses it)."""
     if X.shape[-2] < X.shape[-1]:
-        return landing_field(X.mT, G.mT, lam).mT
+        field, gram = _landing_field_and_gram(X.mT, G.mT, lam)
+        return field.mT, gram
     identity = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     # skew(G X^T) X = (G (X^T X) - X (G^T X)) / 2: r x r products only, never the n x n skew(G X^T),
-    # so the cost is O(n r^2) (the n x n form costs O(n^2 r) time and O(n^2) memory).
-    relative_gradient = (G @ (X.mT @ X) - X @ (G.mT @ X)) / 2  # (..., n, r), tangent
-    normal_pull = lam * X @ (X.mT @ X - identity)  # (..., n, r), normal
-    return relative_gradient + normal_pull
+    # so the cost is O(n r^2) (the n x n form costs O(n^2 r) time and O(n^2) memory). The two
+    # terms that start with X share one product:
+    #   relative gradient + normal pull = G (X^T X) / 2 + X (lam (X^T X - I) - (G^T X) / 2).
+    gram = X.mT @ X  # (..., r, r)
+    inner = lam * (gram - identity) - (G.mT @ X) / 2  # (..., r, r)
+    return (G @ gram) / 2 + X @ inner, gram  # (..., n, r): 4 products of n x r by r x r
 
 
 def _distance_to_manifold(X: torch.Tensor) -> torch.Tensor:
@@ -137,9 +145,13 @@ class LandingAdam(torch.optim.Adam):
     Safe step: Adam rescales coordinates, so a large step can still throw X far from the
     manifold, where the landing term would no longer bring it back. As in the landing paper
     (which bounds the step size so the distance stays below a radius epsilon), after each
-    Adam update the change ``X_new - X_old`` is halved (up to 30 times) while
+    Adam update the change ``D = X_new - X_old`` is halved (up to 30 times) while
     ``||X_new^T X_new - I||_F > safe_distance`` (default 0.5). For the small learning rates
-    used in fine-tuning the check never fires; it only guards against blow-ups.
+    used in fine-tuning the check never fires; it only guards against blow-ups. It costs
+    nothing in the usual case: with ``d = ||X^T X - I||_F`` (known from the field's Gram
+    matrix) and ``||X||_2 <= sqrt(1 + d)``,
+    ``||(X + D)^T (X + D) - I||_F <= d + 2 sqrt(1 + d) ||D||_F + ||D||_F^2``,
+    and the exact distance is only computed when this bound exceeds ``safe_distance``.
     """
 
     def __init__(self, params, lr=1e-3, landing_lambda=1.0, safe_distance=0.5, **adam_options):
@@ -159,22 +171,29 @@ class LandingAdam(torch.optim.Adam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        previous = {}
+        previous = {}  # param -> (value before the step, its distance to the manifold)
         with torch.no_grad():
             for group in self.param_groups:
                 for param in group["params"]:
                     if param.grad is None:
                         continue
-                    param.grad = landing_field(param, param.grad, group["landing_lambda"])
-                    previous[param] = param.detach().clone()
+                    field, gram = _landing_field_and_gram(param, param.grad, group["landing_lambda"])
+                    param.grad = field
+                    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+                    distance = torch.linalg.matrix_norm(gram - identity, ord="fro").max()
+                    previous[param] = (param.detach().clone(), distance)
         super().step()
         with torch.no_grad():
             for group in self.param_groups:
                 for param in group["params"]:
                     if param not in previous:
                         continue
-                    old = previous[param]
+                    old, distance = previous[param]
                     change = param - old
+                    size = torch.linalg.matrix_norm(change, ord="fro").max()
+                    bound = distance + 2 * torch.sqrt(1 + distance) * size + size**2
+                    if bound <= group["safe_distance"]:
+                        continue  # the step provably stays within the safe distance
                     halvings = 0
                     while _distance_to_manifold(old + change) > group["safe_distance"] and halvings < 30:
                         change = change / 2

@@ -212,6 +212,36 @@ def test_landing_safe_step_limits_distance():
     assert orthogonality_error(Y.detach()).item() > 1.0
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_safe_step_bound_holds(seed):
+    """LandingAdam skips the exact distance when d + 2 sqrt(1 + d) |D| + |D|^2 <= radius; the
+    bound must never be below the true distance of X + D (X off the manifold, D of any size)."""
+    X = random_stiefel(40, 6, seed=seed) + 0.05 * random_matrix(40, 6, seed=seed + 100)
+    d = orthogonality_error(X)
+    for scale in (1e-4, 1e-2, 0.3, 3.0):
+        D = scale * random_matrix(40, 6, seed=seed + 200)
+        size = torch.linalg.matrix_norm(D)
+        bound = d + 2 * torch.sqrt(1 + d) * size + size**2
+        assert orthogonality_error(X + D) <= bound
+
+
+def test_safe_step_can_be_skipped_and_still_matches_adam_on_the_field():
+    """With a radius the step never reaches, LandingAdam is Adam on the landing field exactly."""
+    X = torch.nn.Parameter(random_stiefel(30, 4, seed=7))
+    twin = torch.nn.Parameter(X.detach().clone())
+    landing = make_stiefel_optimizer([X], method="landing", lr=1e-3)
+    adam = torch.optim.Adam([twin], lr=1e-3)
+    target = random_matrix(30, 4, seed=8)
+    for _ in range(5):
+        for param, optimizer in ((X, landing), (twin, adam)):
+            optimizer.zero_grad()
+            ((param - target) ** 2).sum().backward()
+        twin.grad = landing_field(twin.detach(), twin.grad)
+        landing.step()
+        adam.step()
+    torch.testing.assert_close(X.detach(), twin.detach(), atol=1e-12, rtol=0)
+
+
 def test_make_stiefel_optimizer_rejects_bad_inputs():
     X = torch.nn.Parameter(random_stiefel(6, 2, seed=21))
     with pytest.raises(ConfigError, match="method"):

@@ -27,7 +27,7 @@ import _common
 
 _common.add_repo_to_path()
 
-DEFAULT_METHODS = "mle,polar,lora_vbll,polar_vbll"
+DEFAULT_METHODS = "mle,map,polar,lora_vbll,polar_vbll,mc_dropout,ensemble,temperature,laplace"
 
 
 def rss_bytes() -> int | None:

@@ -303,27 +303,36 @@ def load_adapters(adapters: dict[str, nn.Module], path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"adapter checkpoint {path} does not exist")
-    loaded = load_file(str(path))
+    load_adapter_state(adapters, load_file(str(path)), source=f"adapter checkpoint {path}")
+
+
+def load_adapter_state(adapters: dict[str, nn.Module], state: dict[str, torch.Tensor],
+                       source: str = "adapter state") -> None:
+    """Copy ``state`` (as returned by :func:`adapter_state_dict`) into the adapters.
+
+    Every key must match by name and shape (CheckpointError naming ``source`` otherwise);
+    nothing is copied unless all do.
+    """
     expected = adapter_state_dict(adapters)
-    missing = sorted(set(expected) - set(loaded))
-    unexpected = sorted(set(loaded) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"adapter checkpoint {path} does not match the adapters: "
+            f"{source} does not match the adapters: "
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
-    for key, tensor in loaded.items():
+    for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             raise CheckpointError(
-                f"adapter checkpoint {path}: key {key!r} has shape {tuple(tensor.shape)} in the file "
+                f"{source}: key {key!r} has shape {tuple(tensor.shape)} in the file "
                 f"but {tuple(expected[key].shape)} in the model"
             )
     with torch.no_grad():
         for layer_name, adapter in adapters.items():
             for parameter_name, parameter in adapter.named_parameters():
                 key = f"{layer_name}.{parameter_name}"
-                if key in loaded:
-                    parameter.copy_(loaded[key])
+                if key in state:
+                    parameter.copy_(state[key])
 
 
 def _core_of(adapter: nn.Module) -> torch.Tensor:

@@ -226,12 +226,7 @@ class Method:
                 "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}}
 
     def _load_member(self, member: dict) -> None:
-        with torch.no_grad():
-            state = member["adapters"]
-            for layer, adapter in self.adapters.items():
-                for name, parameter in adapter.named_parameters():
-                    if f"{layer}.{name}" in state:
-                        parameter.copy_(state[f"{layer}.{name}"])
+        adapter_lib.load_adapter_state(self.adapters, member["adapters"], source="ensemble member")
         self.head.load_state_dict(member["head"])
 
     # ------------------------------------------------------------------ prediction

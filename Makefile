@@ -58,7 +58,13 @@ book: setup
 	TQDM_DISABLE=1 bash book/build.sh
 
 bench: setup
-	@for script in benchmarks/bench_*.py; do $(PY) $$script; done
+	@for name in load stiefel_step train_step inference memory; do \
+		$(PY) benchmarks/bench_$$name.py || exit 1; done
+	@# stable rank and calibration read one fine-tune of mle and polar_vbll (trained once, kept)
+	@test -f results/bench/results.json || $(VENV)/bin/polar-vbll compare --task arc_easy \
+		--methods mle,polar_vbll --out results/bench --no-progress 1>&2
+	$(PY) benchmarks/bench_stable_rank.py --from-results results/bench/results.json
+	$(PY) benchmarks/bench_calibration.py --from-results results/bench/results.json
 
 sync: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py

@@ -104,7 +104,10 @@ def main() -> None:
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="comma-separated methods; the first is the baseline of the ratios")
     parser.add_argument("--task", default="arc_easy")
-    parser.add_argument("--steps", type=int, default=0, help="override the profile's steps")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="training steps per method (default 20: every step allocates the same "
+                             "activations and optimizer state, so the peak is reached early; "
+                             "0: the profile's steps)")
     parser.add_argument("--child", default=None, help=argparse_suppress())
     args = parser.parse_args()
     _common.apply_threads(args)

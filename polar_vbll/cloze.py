@@ -57,8 +57,12 @@ def continuation_logprobs(model, tokenizer, rows: list[list[int]], lengths: list
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding
     keep = max(lengths) + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids, logits_to_keep=keep).logits  # (R, keep, V)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "position_ids": position_ids}
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits  # (R, keep, V)
+    except TypeError:  # a model class without logits_to_keep: all positions, then slice
+        logits = model(**inputs).logits[:, -keep:]
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1
     targets = input_ids[:, -(keep - 1):]  # (R, keep-1)
     token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -47,14 +47,9 @@ import numpy as np
 import torch
 
 from polar_vbll import checks, cloze, data, methods, metrics, models, viz, widgets
-from polar_vbll.profiles import get_profile
+from polar_vbll.profiles import start_notebook
 
-profile = get_profile(PROFILE)
-print(profile)
-device = models.default_device()
-print("device:", device)
-torch.manual_seed(SEED)
-generator = torch.Generator().manual_seed(SEED)  # every random choice below draws from this
+profile, device, generator = start_notebook(PROFILE, SEED)  # every random choice below draws from this
 
 # %% [markdown]
 # ## 1 · The task: multiple-choice science questions

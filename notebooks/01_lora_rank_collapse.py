@@ -51,14 +51,9 @@ import torch
 from torch import nn
 
 from polar_vbll import adapters, checks, data, linalg, methods, metrics, models, viz, widgets
-from polar_vbll.profiles import get_profile
+from polar_vbll.profiles import start_notebook
 
-profile = get_profile(PROFILE)
-print(profile)
-device = models.default_device()
-print("device:", device)
-torch.manual_seed(SEED)
-generator = torch.Generator().manual_seed(SEED)  # every random tensor below draws from this
+profile, device, generator = start_notebook(PROFILE, SEED)  # every random tensor below draws from this
 
 # %% [markdown]
 # ## 1 · LoRA from scratch

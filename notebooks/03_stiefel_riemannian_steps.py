@@ -49,15 +49,10 @@ import time
 
 import torch
 
-from polar_vbll import checks, data, linalg, methods, metrics, models, stiefel, viz, widgets
-from polar_vbll.profiles import get_profile
+from polar_vbll import checks, data, linalg, methods, metrics, stiefel, viz, widgets
+from polar_vbll.profiles import start_notebook
 
-profile = get_profile(PROFILE)
-print(profile)
-device = models.default_device()
-print("device:", device)
-torch.manual_seed(SEED)
-generator = torch.Generator().manual_seed(SEED)  # every random matrix below draws from this
+profile, device, generator = start_notebook(PROFILE, SEED)  # every random matrix below draws from this
 # The matrices of the first sections are tiny: on one thread they run faster (no thread hand-offs).
 # The fine-tune at the end gets all threads back.
 threads_for_fine_tune = torch.get_num_threads()

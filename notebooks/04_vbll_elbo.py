@@ -51,15 +51,10 @@ import plotly.graph_objects as go
 import torch
 
 from polar_vbll import checks, data, methods, metrics, models, viz, widgets
-from polar_vbll.profiles import get_profile
+from polar_vbll.profiles import start_notebook
 from polar_vbll.vbll import VBLLHead
 
-profile = get_profile(PROFILE)
-print(profile)
-device = models.default_device()
-print("device:", device)
-torch.manual_seed(SEED)
-generator = torch.Generator().manual_seed(SEED)
+profile, device, generator = start_notebook(PROFILE, SEED)
 
 # %% [markdown]
 # ## 1. A Gaussian over the last layer makes the logits Gaussian

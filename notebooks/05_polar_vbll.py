@@ -50,17 +50,13 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from polar_vbll import checks, data, evaluation, methods, metrics, models, training, viz, widgets
-from polar_vbll.profiles import get_profile
+from polar_vbll import checks, data, evaluation, methods, metrics, training, viz, widgets
+from polar_vbll.profiles import start_notebook
 
-profile = get_profile(PROFILE)
+profile, device, generator = start_notebook(PROFILE, SEED)
 if profile.name == "smoke":  # CI: nine methods trained twice must stay within a few minutes on 2 CPU cores
     profile = profile.with_overrides(steps=2, test_examples=8, ood_examples=4)
-print(profile)
-device = models.default_device()
-print("device:", device)
-torch.manual_seed(SEED)
-generator = torch.Generator().manual_seed(SEED)
+    print("smoke tier, shortened for CI:", profile)
 
 # %% [markdown]
 # ## 1. One objective, two blocks

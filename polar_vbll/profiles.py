@@ -99,3 +99,20 @@ def get_profile(name: str | None = None) -> Profile:
         source = "" if name != os.environ.get(PROFILE_ENV) else f" (from {PROFILE_ENV})"
         raise ConfigError(f"unknown profile {name!r}{source}; expected one of {list(PROFILES)}")
     return PROFILES[name]
+
+
+def start_notebook(name: str | None = None, seed: int = 0):
+    """What every notebook runs first: ``(profile, device, generator)``.
+
+    Prints the profile and the device (CUDA when present), seeds torch's global random number
+    generator with ``seed`` and returns a ``torch.Generator`` seeded with it as well, from which
+    a notebook draws every random choice it makes itself.
+    """
+    from polar_vbll.models import default_device
+
+    profile = get_profile(name)
+    print(profile)
+    device = default_device()
+    print("device:", device)
+    torch.manual_seed(seed)
+    return profile, device, torch.Generator().manual_seed(seed)

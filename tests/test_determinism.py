@@ -71,3 +71,14 @@ def test_polar_vbll_on_smollm2_is_deterministic(smollm2, splits, monkeypatch):
     assert torch.equal(first["sample_logits"], second["sample_logits"])
     assert first_metrics == second_metrics
     assert not adapters_of(model), "the session model must stay without adapters"
+
+
+def test_start_notebook_prints_and_seeds(capsys):
+    """The notebooks' common setup: profile, device, and one seed for torch and the generator."""
+    profile, device, generator = profiles.start_notebook("smoke", seed=3)
+    printed = capsys.readouterr().out
+    assert profile == SMOKE and "name='smoke'" in printed and f"device: {device}" in printed
+    global_draw = torch.rand(4)
+    assert torch.equal(global_draw, torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(torch.rand(4, generator=generator),
+                       torch.rand(4, generator=torch.Generator().manual_seed(3)))

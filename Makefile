@@ -2,7 +2,7 @@
 #
 #   make setup   local virtual environment in .venv (CPU torch unless CUDA is present)
 #   make test    library tests, every notebook with nbmake (smoke tier), the book, book checks
-#   make demo    `polar-vbll compare` of mle vs polar_vbll on ARC-Easy at the cpu profile
+#   make demo    `polar-vbll compare` of zero_shot, mle and polar_vbll on ARC-Easy at the cpu profile
 #   make lab     JupyterLab on notebooks/
 #   make book    the Jupyter Book in book/_build/html
 #   make bench   the benchmarks in benchmarks/ (JSON on stdout)
@@ -49,7 +49,8 @@ test-notebooks: setup
 		--reruns 1 --overwrite *.ipynb
 
 demo: setup
-	$(VENV)/bin/polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
+	$(VENV)/bin/polar-vbll compare --task arc_easy --methods zero_shot,mle,polar_vbll --profile cpu \
+		--out results/demo
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
@@ -62,9 +63,10 @@ bench: setup
 		$(PY) benchmarks/bench_$$name.py || exit 1; done
 	@# stable rank and calibration read one fine-tune of mle and polar_vbll (trained once, kept)
 	@test -f results/bench/results.json || $(VENV)/bin/polar-vbll compare --task arc_easy \
-		--methods mle,polar_vbll --out results/bench --no-progress 1>&2
+		--methods zero_shot,mle,polar_vbll --out results/bench --no-progress 1>&2
 	$(PY) benchmarks/bench_stable_rank.py --from-results results/bench/results.json
 	$(PY) benchmarks/bench_calibration.py --from-results results/bench/results.json
+	$(PY) benchmarks/bench_learning.py --from-results results/bench/results.json
 
 sync: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py

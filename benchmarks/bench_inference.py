@@ -5,7 +5,8 @@ Every side is a ``polar_vbll.methods.make_method(...)`` and a timed call is
 prediction path: batching, backbone pass(es), head, softmax). Training does not change the cost
 of prediction, so the methods are used as built (zero-shot start), except the ensemble, which
 needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first.
-Sides alternate round-robin in one run.
+Sides alternate round-robin in one run. The JSON also gives, per side, the backbone passes
+and the sequences per question of one prediction (the choice form: one sequence per choice).
 
     .venv/bin/python benchmarks/bench_inference.py --repeats 3
 
@@ -48,7 +49,7 @@ def main() -> None:
     from polar_vbll.methods import make_method
 
     examples = data.load_task("arc_easy", "test")[: args.examples]
-    sides, methods = {}, {}
+    sides, methods, records = {}, {}, {}
     for name in args.sides.split(","):
         method_name, options = SIDES[name]
         method = make_method(method_name, profile=profile, device=device, progress=False,
@@ -57,14 +58,20 @@ def main() -> None:
             train = data.load_task("arc_easy", "train")[: profile.batch_size]
             method.fit(train)
         methods[name] = method
-        sides[name] = (lambda m=method: m.predict(examples))
+        sides[name] = (lambda m=method, n=name: records.__setitem__(n, m.predict(examples)))
 
     times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
     per_example = {name: [t / len(examples) for t in v] for name, v in times.items()}
     measurements = {
         "examples_per_call": len(examples), "eval_batch_size": profile.eval_batch_size,
         "last_layer_samples": profile.last_layer_samples, "mc_dropout_passes": args.passes,
-        "ensemble_members": args.members,
+        "ensemble_members": args.members, "head_form": profile.head_form,
+        "adapt_layers": profile.adapt_layers,
+        # what one prediction runs per question: backbone passes, and the sequences they hold
+        # (the choice form runs one sequence per (question, choice) pair in each pass; with
+        # adapt_layers only the top layers rerun, the lower ones are cached)
+        "backbone_passes": {n: r["backbone_passes"] for n, r in records.items()},
+        "sequences_per_question": {n: r["sequences_per_question"] for n, r in records.items()},
         "seconds_per_example": {name: _common.summary(v) for name, v in per_example.items()}}
     reference = "deterministic_polar" if "deterministic_polar" in times else next(iter(times))
     ratios = {f"{name}_over_{reference}": _common.ratio(v, per_example[reference])

@@ -393,14 +393,21 @@ figure
 # ## 8 · A real fine-tune: PoLAR trained three ways
 #
 # Now SmolLM2-135M with PoLAR adapters on ARC-Easy, once per Stiefel method, same seed, rank, steps
-# and learning rate. Every `log_every` steps the trainer logs the largest $\|X^\top X - I\|_F$ over all
-# adapted layers (`"orthogonality_error"` in `method.trainer.state.history`).
+# and learning rate. The setup is that of notebook 02: each (question, choice) pair is one sequence,
+# and the deterministic choice head scores choice $c$ with $z_c = s_c + w^\top\phi_c$ (the cloze score
+# of the choice plus a learned $w$, started at $0$, times the choice's last hidden state), trained
+# with cross-entropy over the choices. The PoLAR adapters sit on `profile.target_modules` of the top
+# `profile.adapt_layers` decoder layers in the `smoke` and `cpu` tiers (the frozen layers below are
+# computed once and cached, so the three runs share that work) and in all 30 layers in the `gpu` tier.
+# Every `log_every` steps the trainer logs the largest $\|X^\top X - I\|_F$ over all adapted layers
+# (`"orthogonality_error"` in `method.trainer.state.history`).
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)
 test = data.load_task("arc_easy", "test", limit=profile.test_examples)
-print(f"{len(train)} train and {len(test)} test questions; rank {profile.rank}, {profile.steps} steps")
+print(f"{len(train)} train and {len(test)} test questions; rank {profile.rank}, {profile.steps} steps; "
+      f"adapters on {list(profile.target_modules)} of the top {profile.adapt_layers or 'all'} layers")
 
 histories, records, fit_seconds = {}, {}, {}
 for stiefel_method in ("landing", "geoopt", "retraction"):
@@ -408,7 +415,7 @@ for stiefel_method in ("landing", "geoopt", "retraction"):
     method = methods.make_method("polar", profile=profile, seed=SEED, stiefel_method=stiefel_method, device=device)
     method.fit(train)
     fit_seconds[stiefel_method] = time.perf_counter() - start
-    records[stiefel_method] = method.predict(test)
+    records[stiefel_method] = method.predict(test)  # probs (N, 5), labels (N,)
     histories[stiefel_method] = method.trainer.state.history  # one dict per step
     del method  # keep only what we plot: each method holds its own copy of the backbone
 
@@ -432,8 +439,8 @@ viz.orthogonality_over_training(orthogonality_history)
 #
 # ## 9 · Calibration of the three fine-tunes
 #
-# The three runs differ only in how $X$ and $Y$ were moved, so their predictions should be close. The
-# explorer is live in JupyterLab or Colab; the static reliability diagram is what the book shows.
+# The three runs differ only in how $X$ and $Y$ were moved (the choice head and everything else are
+# the same), so their predictions should be close. The explorer is live in JupyterLab or Colab; the static reliability diagram is what the book shows.
 
 # %%
 widgets.calibration_explorer({name: {"arc_easy": record} for name, record in records.items()})

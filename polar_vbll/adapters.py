@@ -213,6 +213,15 @@ class PoLARLinear(_AdapterBase):
         return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling}, theta={self.theta_kind!r}"
 
 
+def _layer_index(name: str) -> str | None:
+    """'model.layers.12.self_attn.q_proj' -> '12' (None when the name has no layers.<i>)."""
+    parts = name.split(".")
+    for before, after in zip(parts, parts[1:]):
+        if before == "layers" and after.isdigit():
+            return after
+    return None
+
+
 def adapters_of(model: nn.Module) -> dict[str, nn.Module]:
     """{qualified name: adapter} for every LoRALinear / PoLARLinear inside model."""
     return {name: module for name, module in model.named_modules() if isinstance(module, _AdapterBase)}
@@ -227,13 +236,17 @@ def add_adapters(
     dropout: float = 0.0,
     theta: str = "full",
     seed: int = 0,
+    layers=None,
 ) -> dict[str, nn.Module]:
     """Wrap every ``nn.Linear`` whose last name component is in target_modules, in place.
 
     Freezes every parameter of the model (``requires_grad=False``) and then adds LoRA or PoLAR
     adapters (trainable) around the matching layers; the layers are initialised in
     ``model.named_modules()`` order from one ``torch.Generator`` seeded with ``seed``.
-    Returns {qualified name of the wrapped layer: adapter}, the same dict ``adapters_of`` gives.
+    ``layers`` (an iterable of decoder-layer indices, e.g. ``range(26, 30)``) restricts the
+    adapters to modules inside ``...layers.<i>...`` for those i: how the cpu tier trains only
+    the top layers (:mod:`polar_vbll.feature_cache`). Returns {qualified name of the wrapped
+    layer: adapter}, the same dict ``adapters_of`` gives.
     """
     if kind not in ADAPTER_KINDS:
         raise ConfigError(f"kind must be one of {ADAPTER_KINDS}, got {kind!r}")
@@ -247,6 +260,9 @@ def add_adapters(
         )
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     matches = [name for name in linear_names if name.rsplit(".", 1)[-1] in target_modules]
+    if layers is not None:
+        wanted = {str(int(i)) for i in layers}
+        matches = [name for name in matches if _layer_index(name) in wanted]
     if not matches:
         raise ConfigError(
             f"target_modules={tuple(target_modules)} matched no nn.Linear layer; "

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=None, help="output folder for JSON / report / "
                                                      "checkpoint")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        sub.add_argument("--head-form", choices=["choice", "letter"], default=None,
+                         help="how the classifier reads the model: 'choice' scores every "
+                              "(question, choice) pair and starts at the zero-shot cloze "
+                              "classifier; 'letter' reads the answer-letter logits of one "
+                              "lettered prompt (default: the profile's, choice)")
 
     evaluate = commands.add_parser(
         "eval", help="zero-shot evaluation of the backbone",
@@ -105,7 +110,8 @@ def run_eval(args) -> int:
         from polar_vbll.checkpoints import ensure_writable_folder
         ensure_writable_folder(args.out)
     method = methods.make_method("zero_shot", profile=args.profile, model_name=args.model,
-                                 seed=args.seed, progress=not args.no_progress)
+                                 seed=args.seed, progress=not args.no_progress,
+                                 head_form="letter")  # 'cloze' below is the choice form's step 0
     scorings = ["letter", "cloze"] if args.scoring == "both" else [args.scoring]
     payload = {"task": args.task, "split": args.split, "model": args.model, "scorings": {}}
     for scoring in scorings:
@@ -138,7 +144,7 @@ def run_finetune(args) -> int:
     splits = evaluation.load_splits(args.task, profile, [])
     method = methods.make_method(args.method, profile=profile, model_name=args.model,
                                  seed=args.seed, progress=not args.no_progress,
-                                 stiefel_method=args.stiefel_method)
+                                 stiefel_method=args.stiefel_method, head_form=args.head_form)
     checkpoint = Path(args.out) / "checkpoint" if args.out else None
     method.fit(splits["train"], splits["validation"], checkpoint_dir=checkpoint,
                resume=args.resume)
@@ -150,7 +156,7 @@ def run_finetune(args) -> int:
         path = _write_json(args.out, "result.json", {
             "task": args.task, "method": args.method, "profile": profile.to_dict(),
             "metrics": summary, "seconds_per_example": record["seconds_per_example"],
-            "history": method.trainer.state.history if method.trainer else []})
+            "history": method.history})
         print(f"wrote {path} and the model in {Path(args.out) / 'model'}")
     return 0
 
@@ -160,7 +166,8 @@ def run_compare(args) -> int:
 
     results = evaluation.compare(args.task, args.methods, profile=args.profile,
                                  ood=args.ood, model_name=args.model, seed=args.seed,
-                                 progress=not args.no_progress, out=args.out)
+                                 progress=not args.no_progress, out=args.out,
+                                 method_options={"head_form": args.head_form})
     print(evaluation.metrics_table(results))
     if args.out:
         print(f"report: {Path(args.out) / 'report.html'}")

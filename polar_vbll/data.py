@@ -460,6 +460,17 @@ def _prompt_tail(example: Example) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
+def check_examples(examples: list[Example]) -> None:
+    """Raise DataError for an example whose choices or label would not fit the (B, 5) mask."""
+    for example in examples:
+        if not 2 <= example.num_choices <= NUM_CLASSES:
+            raise DataError(f"example {example.id!r} has {example.num_choices} choices; expected "
+                            f"between 2 and {NUM_CLASSES}")
+        if not 0 <= example.label < example.num_choices:
+            raise DataError(f"example {example.id!r}: label {example.label} is outside its "
+                            f"{example.num_choices} choices (expected 0..{example.num_choices - 1})")
+
+
 def encode_examples(tokenizer, examples: list[Example], max_length: int = 256) -> dict:
     """Tokenize and left-pad a batch.
 
@@ -473,13 +484,7 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int = 256) -
         raise DataError("cannot encode an empty list of examples")
     if max_length < 1:
         raise ConfigError(f"max_length must be a positive number of tokens, got {max_length}")
-    for example in examples:  # a bad example would index past the (B, 5) choice mask
-        if not 2 <= example.num_choices <= NUM_CLASSES:
-            raise DataError(f"example {example.id!r} has {example.num_choices} choices; expected "
-                            f"between 2 and {NUM_CLASSES}")
-        if not 0 <= example.label < example.num_choices:
-            raise DataError(f"example {example.id!r}: label {example.label} is outside its "
-                            f"{example.num_choices} choices (expected 0..{example.num_choices - 1})")
+    check_examples(examples)
     rows = []
     for example in examples:
         head = tokenizer.encode(_prompt_head(example), add_special_tokens=False)

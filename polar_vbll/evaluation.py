@@ -80,17 +80,22 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
         ensure_writable_folder(Path(out))
     splits = load_splits(task, profile, ood_tasks)
     datasets = [task] + ood_tasks
+    head_form = (method_options or {}).get("head_form") or profile.head_form
     results = {"task": task, "ood": ood_tasks, "profile": profile.to_dict(),
-               "model": model_name, "seed": seed, "methods": {}}
+               "head_form": head_form, "model": model_name, "seed": seed, "methods": {}}
+    fitted = {}  # name -> fitted_state(): temperature and laplace start from the fitted mle
     for name in names:
         start = time.perf_counter()
         method = make_method(name, profile=profile, model_name=model_name, seed=seed,
                              progress=progress, **(method_options or {}))
-        method.fit(splits["train"], splits["validation"])
+        base = _post_hoc_base(method)
+        method.fit(splits["train"], splits["validation"], fitted_base=fitted.get(base))
         fit_seconds = time.perf_counter() - start
+        if name in ("mle", "polar"):
+            fitted[name] = method.fitted_state()
         entry = {"metrics": {}, "records": {}, "seconds_per_example": {},
-                 "fit_seconds": fit_seconds,
-                 "history": method.trainer.state.history if method.trainer else []}
+                 "fit_seconds": fit_seconds, "history": method.history,
+                 "reused_fit_of": base if base in fitted else None}
         for dataset in datasets:
             record = method.predict(splits[dataset])
             entry["records"][dataset] = record
@@ -101,6 +106,13 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
     if out is not None:
         write_results(results, out)
     return results
+
+
+def _post_hoc_base(method) -> str | None:
+    """The method whose fit a post-hoc method adds its step to (None for the others)."""
+    if not method.spec.post_hoc:
+        return None
+    return "polar" if method.spec.adapter == "polar" else "mle"
 
 
 def to_json(results: dict, keep_probabilities: bool = True) -> dict:

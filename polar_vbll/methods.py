@@ -7,7 +7,7 @@
 =============  ========  =========  =========================================================
 name           adapters  head       training / prediction
 =============  ========  =========  =========================================================
-zero_shot      --        answer     nothing: the backbone's answer-letter logits
+zero_shot      --        answer     nothing: the cloze classifier (choice form) or the letter logits
 mle            LoRA      answer     cross-entropy
 map            LoRA      answer     cross-entropy + Gaussian prior on the adapters (weight decay)
 polar          PoLAR     answer     cross-entropy; X, Y by landing (or geoopt / retraction)
@@ -19,9 +19,19 @@ temperature    LoRA      answer     mle, then one temperature fitted on validati
 laplace        LoRA      answer     mle (or polar), then a last-layer Laplace posterior
 =============  ========  =========  =========================================================
 
-Every head has :data:`polar_vbll.data.NUM_CLASSES` outputs started from the LM-head rows of
-the answer letters, so every method starts from the same zero-shot model. The Bayesian heads
-(VBLL, Laplace) sample only the last layer: one backbone pass per question.
+The "answer" head depends on the profile's ``head_form`` (or ``head_form=...``):
+
+* ``"choice"`` (default): :class:`~polar_vbll.choice.ChoiceHead`, z_c = s_c + w^T phi_c over
+  one sequence per (question, choice); w starts at 0, so zero_shot is the cloze classifier.
+  VBLL is :class:`~polar_vbll.vbll.ChoiceVBLLHead` (q(w) = N(m, S)), Laplace
+  :class:`~polar_vbll.vbll.ChoiceLaplace`.
+* ``"letter"``: :class:`~polar_vbll.training.AnswerHead`, the LM-head rows of `` A`` ... `` E``
+  after one lettered prompt; VBLL is :class:`~polar_vbll.vbll.VBLLHead`, Laplace
+  :class:`~polar_vbll.vbll.LastLayerLaplace`.
+
+Either way every method starts from the same zero-shot model, and the Bayesian heads (VBLL,
+Laplace) sample only the last layer: one backbone pass per question (in the choice form, one
+batched pass over the question's choices).
 """
 
 from __future__ import annotations
@@ -36,10 +46,11 @@ import torch
 
 from polar_vbll import adapters as adapter_lib
 from polar_vbll import checkpoints, data, models
+from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
 from polar_vbll.errors import CheckpointError, ConfigError
 from polar_vbll.profiles import Profile, get_profile
-from polar_vbll.training import AnswerHead, Trainer, TrainConfig, encode, features
-from polar_vbll.vbll import LastLayerLaplace, VBLLHead
+from polar_vbll.training import AnswerHead, LetterForm, Trainer, TrainConfig
+from polar_vbll.vbll import ChoiceLaplace, ChoiceVBLLHead, LastLayerLaplace, VBLLHead
 
 
 @dataclass(frozen=True)
@@ -107,15 +118,19 @@ class Method:
                  model_name: str = models.SMOLLM2, seed: int = 0, device=None,
                  progress: bool = True, stiefel_method: str = "landing",
                  predictive: str = "mc", laplace_base: str = "mle",
-                 covariance: str = "diagonal"):
+                 covariance: str = "diagonal", head_form: str | None = None):
         self.name, self.spec = name, get_spec(name)
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
         if predictive not in PREDICTIVES:
             raise ConfigError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
+        head_form = head_form or self.profile.head_form
+        if head_form not in ("choice", "letter"):
+            raise ConfigError(f"head_form must be 'choice' or 'letter', got {head_form!r}")
         if laplace_base not in ("mle", "polar"):
             raise ConfigError(f"laplace_base must be 'mle' or 'polar', got {laplace_base!r}")
         self.options = {"stiefel_method": stiefel_method, "predictive": predictive,
-                        "laplace_base": laplace_base, "covariance": covariance}
+                        "laplace_base": laplace_base, "covariance": covariance,
+                        "head_form": head_form}
         if name == "laplace" and laplace_base == "polar":
             self.spec = replace(self.spec, adapter="polar")
         if name == "ensemble":
@@ -123,38 +138,53 @@ class Method:
         self.model_name, self.seed, self.progress = model_name, seed, progress
         self.model, self.tokenizer = models.load_backbone(model_name, device=device)
         self.device = next(self.model.parameters()).device
+        if head_form == "choice":
+            self.form = ChoiceForm(self.model, self.tokenizer, self.profile.max_length,
+                                   adapt_layers=self.profile.adapt_layers, model_name=model_name,
+                                   progress=progress, batch_size=self.profile.eval_batch_size)
+        else:
+            self.form = LetterForm(self.model, self.tokenizer, self.profile.max_length)
         self.adapters: dict = {}
         self.head = None
         self.trainer: Trainer | None = None
         self.temperature = 1.0
         self.laplace: LastLayerLaplace | None = None
         self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
+        self.history: list[dict] = []  # one entry per training step (the last member's)
         self.prior_scale: float | None = None
         self._build(seed)
 
     # ------------------------------------------------------------------ construction
 
     def _build(self, seed: int) -> None:
-        """Fresh adapters (seeded) and a head at the zero-shot answer rows."""
+        """Fresh adapters (seeded) and a head at the zero-shot classifier (cloze scores for the
+        choice form, the answer-letter rows for the letter form)."""
         spec, profile = self.spec, self.profile
+        top = getattr(self.form, "top_layers", None)
         if spec.adapter and not adapter_lib.adapters_of(self.model):
             self.adapters = adapter_lib.add_adapters(
                 self.model, kind=spec.adapter, rank=profile.rank, alpha=profile.alpha,
-                dropout=spec.dropout, seed=seed)
+                target_modules=profile.target_modules, dropout=spec.dropout, seed=seed,
+                theta=profile.polar_theta,
+                layers=top.layer_indices() if top is not None else None)
         elif spec.adapter:
             self.adapters = adapter_lib.adapters_of(self.model)
             _reset_adapters(self.adapters, seed)
         if spec.head == "vbll":
             self._build_vbll_head()
+        elif self.form.name == "choice":
+            self.head = ChoiceHead(self.model.config.hidden_size).to(self.device)
         else:
             weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
             self.head = AnswerHead(weight).to(self.device)
 
     def train_config(self, seed: int) -> TrainConfig:
         p, s = self.profile, self.spec
+        rate = p.polar_learning_rate if s.adapter == "polar" and p.polar_learning_rate else \
+            p.learning_rate
         return TrainConfig(
             steps=p.steps, batch_size=p.batch_size, grad_accumulation=p.grad_accumulation,
-            max_length=p.max_length, learning_rate=p.learning_rate,
+            max_length=p.max_length, learning_rate=rate,
             head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay, seed=seed,
             log_every=p.log_every, objective=s.objective, schedule=s.schedule,
             stiefel_method=self.options["stiefel_method"], posterior_steps=p.posterior_steps)
@@ -162,8 +192,14 @@ class Method:
     # ------------------------------------------------------------------ training
 
     def fit(self, train_examples, validation_examples=None, checkpoint_dir=None,
-            resume: bool = False) -> "Method":
-        """Train (all members), then the post-hoc step. ``resume`` continues from checkpoint_dir."""
+            resume: bool = False, fitted_base: dict | None = None) -> "Method":
+        """Train (all members), then the post-hoc step. ``resume`` continues from checkpoint_dir.
+
+        ``fitted_base`` (post-hoc methods only): ``base.fitted_state()`` of the method this one
+        starts from (``mle``, or ``polar`` for a PoLAR Laplace), fitted on the same questions with
+        the same profile and seed. Training is deterministic, so its adapters and head are what
+        training again would give; only the post-hoc step runs (``evaluation.compare`` uses this).
+        """
         if self.spec.adapter is None:
             return self
         if not train_examples:
@@ -173,12 +209,19 @@ class Method:
                               "validation examples; pass validation_examples")
         if self.spec.head == "vbll":
             self._set_prior_scale(train_examples)
-        for member in range(max(1, self.spec.members)):
+        if fitted_base is not None:
+            if not self.spec.post_hoc:
+                raise ConfigError(f"method {self.name!r} has no post-hoc step; fitted_base is only "
+                                  "for temperature and laplace")
+            self._load_member(fitted_base)
+            self.history = list(fitted_base.get("history", []))
+        for member in range(max(1, self.spec.members) if fitted_base is None else 0):
             seed = self.seed + 1000 * member
             if member:
                 self._build(seed)
             self.trainer = Trainer(self.model, self.tokenizer, self.head,
-                                   self.train_config(seed), num_data=len(train_examples))
+                                   self.train_config(seed), num_data=len(train_examples),
+                                   form=self.form)
             if resume and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
                 self.trainer.load(checkpoint_dir)
             with seeded_global_rng(seed, self.device):  # dropout masks (mc_dropout)
@@ -187,6 +230,7 @@ class Method:
                                  checkpoint_every=self.profile.log_every)
             if self.spec.members > 1:
                 self.members.append(self._member_tensors())
+            self.history = self.trainer.state.history
         if self.spec.post_hoc == "temperature":
             logits, labels, _ = self._logits(validation_examples)
             self.temperature = fit_temperature(logits, labels)
@@ -195,11 +239,16 @@ class Method:
         return self
 
     def _set_prior_scale(self, examples) -> None:
-        """Prior variance s = 1 / mean ||phi||^2 on a first batch, so prior logits have std ~1."""
+        """Prior variance s = 1 / mean ||phi||^2 on a first batch, so prior logits have std ~1
+        (choice form: phi_c is centred over the question's choices, so prior *differences*
+        between the choices' logits have std ~1)."""
         with torch.no_grad():
-            batch = encode(self.tokenizer, examples[: self.profile.eval_batch_size],
-                           self.profile.max_length, self.device)
-            phi = features(self.model, batch)
+            first = examples[: self.profile.eval_batch_size]
+            self.form.prepare(first)
+            batch = self.form.encode(first)
+            phi = self.form.features(batch)
+        if isinstance(phi, ChoiceFeatures):  # centred over each question's choices
+            phi = phi.phi[batch["choice_mask"]]  # (present choices, d)
         self.prior_scale = float(1.0 / phi.square().sum(-1).mean())
         self._build_vbll_head()
 
@@ -208,8 +257,13 @@ class Method:
         variance (logit variance ~0.1 at s = 1 / ||phi||^2, so the first predictive is within
         ~1e-2 of the zero-shot one) and a KL of d * C * (ln 10 - 0.9) / 2 ~ 2000 nats that the
         covariance learning rate removes within a few dozen head steps."""
-        weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
         scale = self.prior_scale or 1.0
+        if self.form.name == "choice":  # q(w) = N(0, 0.1 s I) at first: the cloze classifier
+            self.head = ChoiceVBLLHead(self.model.config.hidden_size,
+                                       covariance=self.options["covariance"], prior_scale=scale,
+                                       init_scale=(0.1 * scale) ** 0.5).to(self.device)
+            return
+        weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
         self.head = VBLLHead(weight.shape[1], data.NUM_CLASSES,
                              covariance=self.options["covariance"], prior_scale=scale,
                              init_mean=weight, prior_mean=weight,
@@ -218,8 +272,14 @@ class Method:
     def _fit_laplace(self, train_examples, validation_examples) -> None:
         phi, labels, mask = self.extract_features(train_examples)
         val_phi, val_labels, val_mask = self.extract_features(validation_examples)
-        self.laplace = LastLayerLaplace(self.head.weight.detach()).fit(
+        posterior = ChoiceLaplace if self.form.name == "choice" else LastLayerLaplace
+        self.laplace = posterior(self.head.weight.detach()).fit(
             phi, labels, mask, val_phi, val_labels, val_mask, taus=LAPLACE_PRIOR_PRECISIONS)
+
+    def fitted_state(self) -> dict:
+        """Adapters, head and training history after ``fit``: what ``fit(fitted_base=...)`` of a
+        post-hoc method starts from."""
+        return {**self._member_tensors(), "history": list(self.history)}
 
     def _member_tensors(self) -> dict:
         return {"adapters": adapter_lib.adapter_state_dict(self.adapters),
@@ -233,25 +293,28 @@ class Method:
 
     @torch.no_grad()
     def extract_features(self, examples, dropout: bool = False, progress: bool = False):
-        """phi (N, d), labels (N,), choice mask (N, C) in batches; dropout only for MC-dropout."""
+        """phi (N, d) -- or ChoiceFeatures (N, C) + (N, C, d) in the choice form --, labels (N,),
+        choice mask (N, C), in batches; dropout only for MC-dropout."""
         from tqdm.auto import tqdm
 
         if not examples:
             raise ConfigError(f"method {self.name!r}: no examples to predict")
         self.model.eval()
+        self.form.prepare(examples)
         for adapter in self.adapters.values():
             adapter.dropout.train(dropout)
         phis, labels, masks = [], [], []
         size = self.profile.eval_batch_size
         for chunk in tqdm(data.batches(examples, size), total=-(-len(examples) // size),
                           desc="predicting", disable=not progress, leave=False):
-            batch = encode(self.tokenizer, chunk, self.profile.max_length, self.device)
-            phis.append(features(self.model, batch))
+            batch = self.form.encode(chunk)
+            phis.append(self.form.features(batch))
             labels.append(batch["labels"])
             masks.append(batch["choice_mask"])
         for adapter in self.adapters.values():
             adapter.dropout.train(False)
-        return torch.cat(phis), torch.cat(labels), torch.cat(masks)
+        phi = ChoiceFeatures.cat(phis) if isinstance(phis[0], ChoiceFeatures) else torch.cat(phis)
+        return phi, torch.cat(labels), torch.cat(masks)
 
     @torch.no_grad()
     def _logits(self, examples):
@@ -271,6 +334,10 @@ class Method:
         record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
         record["backbone_passes"] = (self.profile.mc_dropout_passes if self.name == "mc_dropout"
                                      else max(1, self.spec.members))
+        # a pass of the choice form runs one sequence per (question, choice) pair
+        per_pass = (sum(e.num_choices for e in examples) / len(examples)
+                    if self.form.name == "choice" else 1.0)
+        record["sequences_per_question"] = record["backbone_passes"] * per_pass
         return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
 
     def _predict(self, examples, generator) -> dict:
@@ -323,7 +390,7 @@ class Method:
             tensors["laplace"] = {"ggn": self.laplace.ggn,  # float64: exact round trip
                                   "prior_precision": torch.tensor(self.laplace.prior_precision,
                                                                  dtype=torch.float64)}
-        state = {"history": self.trainer.state.history if self.trainer else [],
+        state = {"history": self.history,
                  "members": len(self.members)}
         return checkpoints.save_checkpoint(folder, tensors, self.config(), state)
 
@@ -346,6 +413,7 @@ class Method:
         method = cls(config["method"], profile=profile, model_name=config["model"],
                      seed=config["seed"], device=device, progress=progress, **config["options"])
         method.temperature = config.get("temperature", 1.0)
+        method.history = list(state.get("history", []))
         method.prior_scale = config.get("prior_scale")
         if method.spec.head == "vbll":
             method._build_vbll_head()
@@ -356,7 +424,8 @@ class Method:
                            "head": tensors[f"member{i}_head"]}
                           for i in range(int(state.get("members", 0)))]
         if "laplace" in tensors:
-            method.laplace = LastLayerLaplace(method.head.weight.detach())
+            posterior = ChoiceLaplace if method.form.name == "choice" else LastLayerLaplace
+            method.laplace = posterior(method.head.weight.detach())
             method.laplace.ggn = tensors["laplace"]["ggn"].double()
             method.laplace.prior_precision = float(tensors["laplace"]["prior_precision"])
         return method

@@ -126,6 +126,27 @@ def encode(tokenizer, examples, max_length, device):
     return {key: value.to(device) for key, value in batch.items()}
 
 
+class LetterForm:
+    """The letter form bound to a backbone: one prompt per question, phi (B, d) at its last token
+    (see :mod:`polar_vbll.data`); the same ``prepare`` / ``encode`` / ``features`` interface as
+    :class:`polar_vbll.choice.ChoiceForm`."""
+
+    name = "letter"
+
+    def __init__(self, model, tokenizer, max_length: int):
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.device = next(model.parameters()).device
+
+    def prepare(self, examples, progress=None) -> None:
+        """Nothing to cache: the letter form always runs the full backbone."""
+
+    def encode(self, examples) -> dict:
+        return encode(self.tokenizer, examples, self.max_length, self.device)
+
+    def features(self, batch) -> torch.Tensor:
+        return features(self.model, batch)
+
+
 def features(model, batch) -> torch.Tensor:
     """phi (B, d), float32; bfloat16 autocast on CUDA."""
     device = batch["input_ids"].device
@@ -143,11 +164,13 @@ class TrainState:
 class Trainer:
     """Trains the adapters inside ``model`` and ``head`` on a list of examples."""
 
-    def __init__(self, model, tokenizer, head: nn.Module, config: TrainConfig, num_data: int):
+    def __init__(self, model, tokenizer, head: nn.Module, config: TrainConfig, num_data: int,
+                 form=None):
         if config.objective == "elbo" and not isinstance(head, VBLLHead):
             raise ConfigError("objective='elbo' needs a VBLLHead")
         self.model, self.tokenizer, self.head, self.config = model, tokenizer, head, config
         self.num_data = int(num_data)
+        self.form = form or LetterForm(model, tokenizer, config.max_length)
         self.device = next(head.parameters()).device
         self.adapters = adapter_lib.adapters_of(model)
         stiefel_params, euclidean_params = [], []
@@ -166,10 +189,10 @@ class Trainer:
             self.optimizers["stiefel"] = make_stiefel_optimizer(
                 stiefel_params, method=config.stiefel_method, lr=config.learning_rate,
                 landing_lambda=config.landing_lambda)
-        head_groups = [{"params": [p for n, p in head.named_parameters()
-                                   if n in ("weight", "weight_mean")],
+        means = ("weight", "weight_mean", "bias")
+        head_groups = [{"params": [p for n, p in head.named_parameters() if n in means],
                         "lr": config.head_learning_rate}]
-        covariance = [p for n, p in head.named_parameters() if n not in ("weight", "weight_mean")]
+        covariance = [p for n, p in head.named_parameters() if n not in means]
         if covariance:
             head_groups.append({"params": covariance, "lr": config.covariance_learning_rate})
         self.optimizers["head"] = torch.optim.AdamW(head_groups, weight_decay=0.0)
@@ -219,8 +242,8 @@ class Trainer:
         totals: dict[str, float] = {}
         cached = []  # detached features for the posterior steps
         for examples in micro_batches:
-            batch = encode(self.tokenizer, examples, config.max_length, self.device)
-            phi = features(self.model, batch)  # (B, d)
+            batch = self.form.encode(examples)
+            phi = self.form.features(batch)  # (B, d), or ChoiceFeatures (B, C) + (B, C, d)
             terms = self.objective(phi, batch)
             self._check_finite(terms, "adapter step" if alternating else "joint step")
             (terms["loss"] / len(micro_batches)).backward()
@@ -285,6 +308,7 @@ class Trainer:
         config = self.config
         if not examples:
             raise ConfigError("cannot train on an empty list of examples")
+        self.form.prepare(examples, progress=progress)
         stream = self._batch_stream(examples)
         bar = tqdm(total=config.steps, initial=self.state.step, desc="fine-tuning",
                    disable=not progress, leave=False)

@@ -350,6 +350,21 @@ class VBLLHead(nn.Module):
 
     # --------------------------------------------------------------- prediction
 
+    def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws W_s ~ q, (S, C, d): m_c + L_c eps (dense), m_c + sqrt(v_c) * eps (diagonal),
+        m_c + F_c eps' + sqrt(v_c) * eps (lowrank)."""
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise ConfigError(f"n_samples must be a positive integer; got {n_samples!r}")
+        mean = self.weight_mean
+        noise = torch.randn((n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
+        if self.covariance_kind == "dense":
+            return mean + torch.einsum("cij,scj->sci", self.cholesky_factor(), noise)
+        samples = mean + (0.5 * self.log_variance).exp() * noise
+        if self.covariance_kind == "lowrank":
+            low = torch.randn((n_samples, self.num_classes, self.rank), generator=generator, dtype=mean.dtype, device=mean.device)
+            samples = samples + torch.einsum("cir,scr->sci", self.covariance_factor, low)
+        return samples  # (S, C, d)
+
     def predictive(
         self,
         phi: torch.Tensor,
@@ -526,3 +541,158 @@ class LastLayerLaplace:
         if return_samples:
             return result[0].to(phi.device, phi.dtype), result[1].to(phi.device, phi.dtype)
         return result.to(phi.device, phi.dtype)
+
+
+# ----------------------------------------------------------------------------- the choice form
+
+
+class ChoiceVBLLHead(VBLLHead):
+    """VBLL over the choice head's shared weight: q(w) = N(m, S), w in R^d, prior N(0, s I).
+
+    The logit of choice c is z_c = s_c + w^T phi_c (:mod:`polar_vbll.choice`), so given the
+    features the logits are jointly Gaussian with mean s_c + m^T phi_c and covariance
+    phi_c^T S phi_c' -- correlated across choices, because they share w. The ELBO still has a
+    closed-form Jensen bound, and it needs no independence between the choices:
+
+        E_q log softmax(z)_y = E_q z_y - E_q log sum_c exp(z_c)
+                             >= z̄_y - log sum_c E_q exp(z_c)          (Jensen: log is concave)
+                             =  z̄_y - log sum_c exp(z̄_c + 1/2 phi_c^T S phi_c)
+
+    using only that each z_c alone is Gaussian (E exp(z) = exp(mean + var / 2)). Minus
+    KL(q || p) / N gives the training loss, as for :class:`VBLLHead`. The covariance
+    parameterizations (dense / diagonal / lowrank) and the KL are those of a one-class
+    :class:`VBLLHead` (``weight_mean`` is (1, d)). Predictive: ``"mc"`` samples w itself (so the
+    correlations are kept), ``"probit"`` uses the per-choice variances, ``"mean"`` is softmax(z̄).
+    """
+
+    def __init__(self, in_features: int, covariance: str = "diagonal", rank: int | None = None,
+                 prior_scale: float = 1.0, init_scale: float = 1e-4):
+        super().__init__(in_features, 1, covariance=covariance, rank=rank,
+                         prior_scale=prior_scale, init_scale=init_scale)
+
+    def _check(self, features):
+        from polar_vbll.choice import check_choice_features
+
+        check_choice_features(features, self.in_features)
+        if not torch.isfinite(features.phi).all():
+            raise NumericalError("phi holds NaN or infinite values; the backbone features must be finite")
+
+    def choice_moments(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logit means s_c + m^T phi_c and variances phi_c^T S phi_c, both (B, C)."""
+        self._check(features)
+        scores, phi = features
+        batch, choices, width = phi.shape
+        mean = scores + phi @ self.weight_mean[0]  # (B, C)
+        variance = self.logit_variance(phi.reshape(-1, width)).reshape(batch, choices)  # (B, C)
+        return mean, variance
+
+    def forward(self, features, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean logits s_c + m^T phi_c, (B, C); -inf at absent choices when a mask is given."""
+        mean, _ = self.choice_moments(features)
+        return mean if mask is None else mean.masked_fill(~check_mask(mask, *mean.shape), -math.inf)
+
+    def jensen_bound(self, features, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-question bound z̄_y - log sum_{c present} exp(z̄_c + 1/2 phi_c^T S phi_c), (B,)."""
+        mean, variance = self.choice_moments(features)
+        mask = check_mask(mask, *mean.shape, device=mean.device)
+        check_labels(labels, mask)
+        inflated = (mean + 0.5 * variance).masked_fill(~mask, -math.inf)
+        return mean.gather(1, labels[:, None].long()).squeeze(1) - torch.logsumexp(inflated, dim=-1)
+
+    def predictive(self, features, mask: torch.Tensor | None = None, method: str = "mc",
+                   n_samples: int = 100, generator: torch.Generator | None = None,
+                   return_samples: bool = False):
+        """Predictive probabilities (B, C); ``"mc"`` averages softmax(s + phi w_s) over w_s ~ q."""
+        mean, variance = self.choice_moments(features)
+        if method != "mc":
+            return logit_gaussian_predictive(mean, variance, mask, method, n_samples, generator, return_samples)
+        mask = check_mask(mask, *mean.shape, device=mean.device)
+        weights = self.sample_weights(n_samples, generator)[:, 0]  # (S, d)
+        samples = features.scores + torch.einsum("bcd,sd->sbc", features.phi, weights)  # (S, B, C)
+        samples = samples.masked_fill(~mask, -math.inf)
+        probabilities = torch.softmax(samples, dim=-1).mean(dim=0)
+        return (probabilities, samples) if return_samples else probabilities
+
+
+class ChoiceLaplace:
+    """Post-hoc Laplace over the choice head's shared weight w (d,), around a trained w_map.
+
+    q(w) = N(w_map, (H + tau I)^{-1}) with the GGN (= exact Hessian, the logits being linear in w)
+    of the summed softmax NLL: H = sum_n Phi_n^T (diag(p_n) - p_n p_n^T) Phi_n, Phi_n (C, d) the
+    choice features of question n. The logits are then jointly Gaussian,
+    z_n ~ N(s_n + Phi_n w_map, Phi_n Sigma Phi_n^T), and the predictive is that of
+    :func:`logit_gaussian_predictive`. tau is chosen on validation NLL (probit), as in
+    :class:`LastLayerLaplace`. Float64 on the CPU.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+            raise ShapeError(f"weight must be the choice head's (d,) vector; got {tuple(getattr(weight, 'shape', ()))}")
+        self.in_features = weight.shape[0]
+        self.weight_map = weight.detach().double().cpu()  # (d,)
+        self.prior_precision: float | None = None
+        self.ggn: torch.Tensor | None = None  # (d, d)
+        self.prior_precision_grid = self.val_nll_grid = None
+
+    def _parts(self, features, mask):
+        from polar_vbll.choice import check_choice_features
+
+        check_choice_features(features, self.in_features)
+        scores, phi = features.scores.detach().double().cpu(), features.phi.detach().double().cpu()
+        mask = check_mask(_on_cpu(mask), *scores.shape)
+        return scores, phi, mask
+
+    def ggn_hessian(self, features, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores, phi, mask = self._parts(features, mask)
+        check_labels(_on_cpu(labels), mask)
+        probabilities = torch.softmax((scores + phi @ self.weight_map).masked_fill(~mask, -math.inf), -1)  # (N, C)
+        weighted = phi * probabilities[..., None]  # (N, C, d)
+        mean_phi = weighted.sum(1)  # sum_c p_c phi_c, (N, d)
+        # Phi^T (diag p - p p^T) Phi = sum_c p_c phi_c phi_c^T - (sum_c p_c phi_c)(sum_c p_c phi_c)^T
+        return torch.einsum("ncd,nce->de", weighted, phi) - mean_phi.T @ mean_phi
+
+    def fit(self, features, labels, mask=None, val_features=None, val_labels=None, val_mask=None,
+            taus=tuple(10.0**k for k in range(-3, 6))) -> "ChoiceLaplace":
+        taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
+        if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
+            raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
+        if val_features is None and len(taus) > 1:
+            raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
+        self.ggn = self.ggn_hessian(features, labels, mask)
+        if val_features is None:
+            self.prior_precision = taus[0]
+            return self
+        val_labels = _on_cpu(val_labels)
+        nll = []
+        for tau in taus:
+            self.prior_precision = tau
+            probabilities = self.predictive(val_features, val_mask, method="probit")
+            nll.append(-probabilities.gather(1, val_labels[:, None].long()).clamp_min(1e-300).log().mean())
+        self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
+        self.val_nll_grid = torch.stack(nll)
+        self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]
+        return self
+
+    def posterior_covariance(self) -> torch.Tensor:
+        if self.ggn is None or self.prior_precision is None:
+            raise ConfigError("ChoiceLaplace must be fitted first: call fit(features, labels, mask, ...)")
+        precision = self.ggn + self.prior_precision * torch.eye(self.in_features, dtype=torch.float64)
+        factor, info = torch.linalg.cholesky_ex(precision)
+        if info.item() != 0:
+            raise NumericalError(f"H + tau I is not positive definite (tau = {self.prior_precision}); use a larger prior precision")
+        return torch.cholesky_inverse(factor)
+
+    def logit_mean_and_covariance(self, features, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C) means s + Phi w_map and (B, C, C) covariances Phi Sigma Phi^T, float64."""
+        scores, phi, _ = self._parts(features, mask)
+        covariance = self.posterior_covariance()
+        return scores + phi @ self.weight_map, torch.einsum("bcd,de,bke->bck", phi, covariance, phi)
+
+    def predictive(self, features, mask=None, method: str = "mc", n_samples: int = 100,
+                   generator: torch.Generator | None = None, return_samples: bool = False):
+        mean, covariance = self.logit_mean_and_covariance(features, mask)
+        device, dtype = features.scores.device, features.scores.dtype
+        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples, generator, return_samples)
+        if return_samples:
+            return result[0].to(device, dtype), result[1].to(device, dtype)
+        return result.to(device, dtype)

@@ -51,6 +51,12 @@ def test_finetune_and_compare_on_tiny(tmp_path, capsys):
     assert set(results["methods"]["mle"]["metrics"]) == {"obqa", "arc_challenge"}
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert html.count("plotly-graph-div") >= 3
+    assert results["head_form"] == "choice"  # the default of every profile
+    assert cli.main(["compare", "--task", "arc_easy", "--methods", "temperature", "--model",
+                     "tiny", "--profile", "smoke", "--head-form", "letter",
+                     "--out", str(tmp_path / "letter"), "--no-progress"]) == 0
+    letter = json.loads((tmp_path / "letter" / "results.json").read_text())
+    assert letter["head_form"] == "letter"
 
 
 @pytest.mark.parametrize("argv, message", [

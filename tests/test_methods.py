@@ -50,7 +50,11 @@ def test_training_moves_the_model_away_from_zero_shot(splits):
     before = zero.predict(splits["test"])["probs"]
     after = tuned.predict(splits["test"])["probs"]
     assert (before - after).abs().max() > 1e-3
-    assert tuned.prior_scale == pytest.approx(1 / 2116, rel=0.5)  # 1 / mean ||phi||^2
+    # prior variance = 1 / mean ||phi_c - (mean of the question's phi_c)||^2 on the first batch,
+    # recomputed here from the untrained backbone's features
+    features, _, mask = zero.extract_features(splits["train"][: SMOKE.eval_batch_size])
+    expected = 1.0 / features.phi[mask].square().sum(-1).mean()  # phi is centred already
+    assert tuned.prior_scale == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_temperature_fit_recovers_a_known_temperature():
@@ -67,3 +71,21 @@ def test_unknown_method_and_missing_validation(splits):
                                  progress=False)
     with pytest.raises(ConfigError, match="pass validation_examples"):
         method.fit(splits["train"], None)
+
+
+def test_post_hoc_method_from_a_fitted_mle_equals_training_it_again(splits):
+    """evaluation.compare lets temperature / laplace start from the fitted mle: training is
+    deterministic, so this must give exactly what fitting the post-hoc method alone gives."""
+    mle = methods.make_method("mle", profile=SMOKE, progress=False)
+    mle.fit(splits["train"], splits["validation"])
+    reused = methods.make_method("temperature", profile=SMOKE, progress=False)
+    reused.fit(splits["train"], splits["validation"], fitted_base=mle.fitted_state())
+    alone = methods.make_method("temperature", profile=SMOKE, progress=False)
+    alone.fit(splits["train"], splits["validation"])
+    assert reused.temperature == alone.temperature
+    torch.testing.assert_close(reused.predict(splits["test"])["probs"],
+                               alone.predict(splits["test"])["probs"], atol=1e-6, rtol=0)
+    assert [h["loss"] for h in reused.history] == [h["loss"] for h in alone.history]
+    with pytest.raises(ConfigError, match="no post-hoc step"):
+        methods.make_method("map", profile=SMOKE, progress=False).fit(
+            splits["train"], fitted_base=mle.fitted_state())

@@ -1,0 +1,177 @@
+"""The choice form: head at step 0 = the cloze classifier, the top-layer cache, the choice VBLL
+bound, the choice Laplace GGN -- each checked against an independent computation."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from polar_vbll import adapters, choice, cloze, data, feature_cache
+from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
+from polar_vbll.errors import ConfigError, ShapeError
+from polar_vbll.vbll import ChoiceLaplace, ChoiceVBLLHead, VBLLHead
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return data.load_task("arc_easy", "validation", limit=6)
+
+
+def _probabilities(form, examples):
+    with torch.no_grad():
+        batch = form.encode(examples)
+        logits = ChoiceHead(576)(form.features(batch), batch["choice_mask"])
+    return torch.softmax(logits, -1)
+
+
+def test_choice_head_at_step_zero_is_the_cloze_classifier(smollm2, questions, tmp_path):
+    model, tokenizer = smollm2
+    reference = cloze.predict(model, tokenizer, questions, batch_size=3, max_length=160)["probs"]
+    full = ChoiceForm(model, tokenizer, 160)
+    torch.testing.assert_close(_probabilities(full, questions), reference, atol=1e-5, rtol=0)
+    top = ChoiceForm(model, tokenizer, 160, adapt_layers=3, model_name="smollm2")
+    top.cache.folder = tmp_path
+    top.prepare(questions)
+    torch.testing.assert_close(_probabilities(top, questions), reference, atol=1e-4, rtol=0)
+
+
+def test_top_layers_on_cached_states_equal_the_full_backbone(smollm2, questions, tmp_path):
+    model, tokenizer = smollm2
+    full, top = ChoiceForm(model, tokenizer, 160), ChoiceForm(model, tokenizer, 160, adapt_layers=5)
+    top.cache.folder = tmp_path
+    with torch.no_grad():
+        a = full.features(full.encode(questions))
+        b = top.features(top.encode(questions))
+    assert a.phi.shape == (len(questions), data.NUM_CLASSES, 576)
+    torch.testing.assert_close(b.scores, a.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(b.phi, a.phi, atol=2e-4, rtol=1e-4)
+    absent = ~full.encode(questions)["choice_mask"]
+    assert (a.scores[absent] == 0).all() and (a.phi[absent] == 0).all()
+
+
+def test_feature_cache_reads_back_from_disk_and_misses_on_any_change(smollm2, questions, tmp_path):
+    model, tokenizer = smollm2
+    rows, _ = choice.choice_rows(tokenizer, questions, 160)
+    first = feature_cache.FeatureCache(model, split=26, model_name="m", folder=tmp_path)
+    path = first.prepare(rows)
+    assert path.is_file() and first.computed_rows == len(set(map(tuple, rows)))
+    second = feature_cache.FeatureCache(model, split=26, model_name="m", folder=tmp_path)
+    second.prepare(rows)
+    assert second.computed_rows == 0 and second.loaded_files == [path]
+    torch.testing.assert_close(second.padded(rows), first.padded(rows), atol=0, rtol=0)
+    assert feature_cache.FeatureCache(model, 25, "m", folder=tmp_path).path(rows) != path
+    assert feature_cache.FeatureCache(model, 26, "other", folder=tmp_path).path(rows) != path
+    assert first.path(rows[1:]) != path
+    cut, _ = choice.choice_rows(tokenizer, questions, 40)  # another max_length cuts contexts
+    assert first.path(cut) != path
+
+
+def test_adapters_only_in_the_top_layers_and_gradients_reach_them(smollm2, questions, tmp_path):
+    model = copy.deepcopy(smollm2[0])
+    form = ChoiceForm(model, smollm2[1], 160, adapt_layers=2)
+    form.cache.folder = tmp_path
+    made = adapters.add_adapters(model, "polar", rank=4, alpha=8,
+                                 layers=form.top_layers.layer_indices())
+    assert sorted({name.split(".")[2] for name in made}) == ["28", "29"] and len(made) == 4
+    with torch.no_grad():
+        for adapter in made.values():
+            adapter.Theta.normal_(0, 1e-2)
+    batch = form.encode(questions[:2])
+    features = form.features(batch)
+    features.scores[batch["choice_mask"]].sum().backward()  # through the LM head and the scores
+    assert all(a.Theta.grad is not None and a.Theta.grad.abs().sum() > 0 for a in made.values())
+    with pytest.raises(ConfigError, match="adapt_layers must be an integer between 1 and 30"):
+        feature_cache.TopLayers(model, 31)
+
+
+def _random_features(generator, batch=64, choices=4, width=8):
+    scores = torch.randn(batch, choices, generator=generator, dtype=torch.float64)
+    phi = torch.randn(batch, choices, width, generator=generator, dtype=torch.float64)
+    mask = torch.ones(batch, choices, dtype=torch.bool)
+    mask[::3, -1] = False  # some questions have 3 choices
+    scores, phi = scores.masked_fill(~mask, 0), phi.masked_fill(~mask[..., None], 0)
+    labels = torch.randint(0, 3, (batch,), generator=generator)
+    return ChoiceFeatures(scores, phi), mask, labels
+
+
+@pytest.mark.parametrize("covariance", ["dense", "diagonal", "lowrank"])
+def test_choice_jensen_bound_is_below_monte_carlo_over_w(covariance):
+    torch.set_default_dtype(torch.float64)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        features, mask, labels = _random_features(generator)
+        head = ChoiceVBLLHead(8, covariance=covariance, rank=2 if covariance == "lowrank" else None,
+                              prior_scale=0.5, init_scale=0.3)
+        with torch.no_grad():
+            head.weight_mean.normal_(0, 0.5, generator=generator)
+        bound = head.jensen_bound(features, labels, mask)  # (B,)
+        weights = head.sample_weights(20000, generator)[:, 0]  # (S, d)
+        logits = features.scores + torch.einsum("bcd,sd->sbc", features.phi, weights)
+        exact = torch.log_softmax(logits.masked_fill(~mask, -math.inf), -1)
+        exact = exact.gather(2, labels[None, :, None].expand(len(weights), -1, 1)).squeeze(2)
+        mean, spread = exact.mean(0), exact.std(0) / math.sqrt(len(weights))
+        assert (bound <= mean + 4 * spread).all()
+        assert (bound < mean - 1e-3).float().mean() > 0.5  # a real gap, not an equality
+        # S -> 0: the bound is log_softmax of the mean logits
+        tiny = ChoiceVBLLHead(8, covariance=covariance, rank=2 if covariance == "lowrank" else None,
+                              init_scale=1e-9)
+        expected = torch.log_softmax(features.scores.masked_fill(~mask, -math.inf), -1)
+        torch.testing.assert_close(tiny.jensen_bound(features, labels, mask),
+                                   expected.gather(1, labels[:, None]).squeeze(1), atol=1e-8, rtol=0)
+        # the KL is that of a one-class VBLLHead
+        reference = VBLLHead(8, 1, covariance=covariance, rank=head.rank, prior_scale=0.5)
+        reference.load_state_dict(head.state_dict())
+        torch.testing.assert_close(head.kl_divergence(), reference.kl_divergence())
+        # Monte Carlo over w agrees with the probit approximation at small variance
+        mc = head.predictive(features, mask, "mc", 4000, generator)
+        probit = head.predictive(features, mask, "probit")
+        assert (mc - probit).abs().max() < 0.1 and (mc[~mask] == 0).all()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_choice_heads_reject_letter_features():
+    with pytest.raises(ShapeError, match="ChoiceFeatures"):
+        ChoiceHead(8)(torch.zeros(2, 8))
+    with pytest.raises(ShapeError, match="phi \\(B, C, 8\\)"):
+        ChoiceVBLLHead(8)(ChoiceFeatures(torch.zeros(2, 4), torch.zeros(2, 4, 7)))
+
+
+def test_choice_laplace_ggn_is_the_hessian_of_the_nll():
+    generator = torch.Generator().manual_seed(1)
+    features, mask, labels = _random_features(generator, batch=32, width=6)
+    w = torch.randn(6, generator=generator, dtype=torch.float64)
+    laplace = ChoiceLaplace(w)
+
+    def nll(weight):
+        logits = (features.scores + features.phi @ weight).masked_fill(~mask, -math.inf)
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+    hessian = torch.autograd.functional.hessian(nll, w)
+    torch.testing.assert_close(laplace.ggn_hessian(features, labels, mask), hessian,
+                               atol=1e-10, rtol=0)
+    laplace.fit(features, labels, mask, features, labels, mask, taus=(0.1, 1.0, 10.0))
+    mean, covariance = laplace.logit_mean_and_covariance(features, mask)
+    sigma = torch.linalg.inv(hessian + laplace.prior_precision * torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(covariance[0], features.phi[0] @ sigma @ features.phi[0].T)
+    probs = laplace.predictive(features, mask, "mc", 500, generator)
+    assert (probs[~mask] == 0).all() and torch.allclose(probs.sum(-1), torch.ones(32, dtype=probs.dtype))
+
+
+def test_centring_over_choices_changes_no_deterministic_prediction():
+    generator = torch.Generator().manual_seed(2)
+    phi = torch.randn(5, 4, 8, generator=generator)
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    mask[1, 3] = mask[2, 2:] = False
+    phi = phi * mask[..., None]
+    scores = torch.randn(5, 4, generator=generator).masked_fill(~mask, 0)
+    centred = choice.center_over_choices(phi, mask)
+    torch.testing.assert_close(centred.sum(1), torch.zeros(5, 8), atol=1e-6, rtol=0)
+    assert (centred[~mask] == 0).all()
+    head = ChoiceHead(8)
+    with torch.no_grad():
+        head.weight.normal_(0, 1, generator=generator)
+    before = torch.softmax(head(ChoiceFeatures(scores, phi), mask), -1)
+    after = torch.softmax(head(ChoiceFeatures(scores, centred), mask), -1)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=None, help="output folder for JSON / report / "
                                                      "checkpoint")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if sub.prog.endswith("eval"):
+            return
         sub.add_argument("--head-form", choices=["choice", "letter"], default=None,
                          help="how the classifier reads the model: 'choice' scores every "
                               "(question, choice) pair and starts at the zero-shot cloze "
@@ -53,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         "eval", help="zero-shot evaluation of the backbone",
         description="Zero-shot ACC / ECE / NLL / Brier of the backbone, scored two ways: "
                     "'letter' reads the answer-letter logits after the lettered choices (the "
-                    "classifier every fine-tuning method starts from); 'cloze' scores each "
-                    "choice text as a continuation of the question (mean log-probability per "
-                    "token), the form in which small models are usually evaluated.")
+                    "letter form's step 0); 'cloze' scores each choice text as a continuation "
+                    "of the question (mean log-probability per token), the form in which small "
+                    "models are usually evaluated and the step 0 of the choice form that every "
+                    "method fine-tunes by default.")
     common(evaluate)
     evaluate.add_argument("--split", default="test", choices=list(data.SPLITS))
     evaluate.add_argument("--limit", type=int, default=None, help="first N questions only")

@@ -25,22 +25,10 @@ import time
 import torch
 
 from polar_vbll import data
+from polar_vbll.choice import choice_rows
 from polar_vbll.errors import ConfigError
 
 SCORINGS = ("mean", "sum")
-
-
-def _pairs(tokenizer, examples, max_length: int):
-    """Token rows (context + continuation) and continuation lengths, question by question."""
-    rows, lengths = [], []
-    for example in examples:
-        context = tokenizer.encode(data.format_cloze_context(example), add_special_tokens=False)
-        for choice in example.choices:
-            continuation = tokenizer.encode(" " + choice, add_special_tokens=False)
-            room = max(max_length - len(continuation), data.MIN_QUESTION_TOKENS)
-            rows.append(context[-room:] + continuation)  # like the letter prompt: cut the start
-            lengths.append(len(continuation))
-    return rows, lengths
 
 
 @torch.no_grad()
@@ -89,7 +77,7 @@ def predict(model, tokenizer, examples, scoring: str = "mean", batch_size: int =
     done = 0
     for chunk in tqdm(data.batches(examples, batch_size), total=-(-len(examples) // batch_size),
                       desc="cloze scoring", disable=not progress, leave=False):
-        rows, lengths = _pairs(tokenizer, chunk, max_length)
+        rows, lengths = choice_rows(tokenizer, chunk, max_length)
         totals = continuation_logprobs(model, tokenizer, rows, lengths)
         if scoring == "mean":
             totals = totals / torch.tensor(lengths, dtype=totals.dtype)

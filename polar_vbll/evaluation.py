@@ -103,8 +103,8 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
             entry["seconds_per_example"][dataset] = record["seconds_per_example"]
         results["methods"][name] = entry
         del method
-    if out is not None:
-        write_results(results, out)
+        if out is not None:  # after every method: a long comparison cut short loses nothing
+            write_results(results, out)
     return results
 
 

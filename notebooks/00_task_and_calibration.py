@@ -237,17 +237,17 @@ checks.compare("last state -> LM head = logits", model.lm_head(my_last_states[-1
                atol=1e-4, rtol=1e-4);
 
 # %% [markdown]
-# The library's `cloze.predict` does the same for a whole split, batching every (question, choice)
-# pair with left padding, and returns a prediction record like `zero_shot.predict`'s:
+# The library's `cloze.predict` does the same for a whole list of questions, batching every
+# (question, choice) pair with left padding, and returns a prediction record like
+# `zero_shot.predict`'s. We run it on the first `profile.eval_batch_size` test questions, enough
+# for the checks below (the whole test split follows, through the library's `zero_shot` method):
 
 # %%
-rec_cloze = cloze.predict(model, tokenizer, test, batch_size=max(1, profile.eval_batch_size // 2),
-                          max_length=profile.max_length)
+cloze_questions = test[: profile.eval_batch_size]
+rec_cloze = cloze.predict(model, tokenizer, cloze_questions, batch_size=max(1, profile.eval_batch_size // 2),
+                          max_length=profile.max_length)  # probs (n, 5), scores (n, 5), labels, mask
 checks.compare("cloze scores vs library", torch.tensor(my_scores),
-               rec_cloze["scores"][0, : example.num_choices], atol=1e-3, rtol=1e-3)
-summary_cloze = metrics.summarize(rec_cloze["probs"], rec_cloze["labels"])
-print(f"letter form: ACC {accuracy_letter:.3f}    cloze form: ACC {summary_cloze['accuracy']:.3f}   "
-      f"(chance {np.mean([1 / e.num_choices for e in test]):.3f}, {len(test)} questions)")
+               rec_cloze["scores"][0, : example.num_choices], atol=1e-3, rtol=1e-3);
 
 # %% [markdown]
 # ### The choice head: a classifier that starts at the cloze scores
@@ -270,7 +270,8 @@ print(f"letter form: ACC {accuracy_letter:.3f}    cloze form: ACC {summary_cloze
 #
 # By hand for our question, and against the library's `choice.ChoiceForm`, which encodes a batch
 # into left-padded (question, choice) rows and returns `ChoiceFeatures(scores (B, 5), phi (B, 5, d))`
-# (zeros at absent choices):
+# (zeros at absent choices). On a GPU the library runs the backbone in bfloat16 (autocast), hence
+# the looser tolerance there.
 
 # %%
 my_choice_scores = torch.tensor(my_scores, device=device)  # s_c, (K,)
@@ -283,8 +284,11 @@ with torch.no_grad():
 print("input_ids", tuple(choice_batch["input_ids"].shape), "  (K rows, T)   scores",
       tuple(features.scores.shape), "  phi", tuple(features.phi.shape))
 K = example.num_choices
-checks.compare("s_c vs ChoiceForm", my_choice_scores, features.scores[0, :K], atol=1e-4, rtol=1e-4)
-checks.compare("phi_c vs ChoiceForm", my_phi, features.phi[0, :K], atol=1e-3, rtol=1e-4);
+feature_tolerance = dict(atol=1e-3, rtol=1e-4) if device.type == "cpu" else dict(atol=0.5, rtol=0.1)
+checks.compare("s_c vs ChoiceForm", my_choice_scores, features.scores[0, :K], **feature_tolerance)
+checks.compare("phi_c vs ChoiceForm", my_phi, features.phi[0, :K], **feature_tolerance)
+print(f"mean ||h_c|| = {my_last_states.norm(dim=-1).mean():.1f},  mean ||phi_c|| = {my_phi.norm(dim=-1).mean():.1f}: "
+      "most of h_c is shared by the question's choices")
 
 # %% [markdown]
 # And the head with $w = 0$ on a small batch of questions (`choice.ChoiceHead` starts its $w$ at 0)
@@ -293,12 +297,13 @@ checks.compare("phi_c vs ChoiceForm", my_phi, features.phi[0, :K], atol=1e-3, rt
 # %%
 head_at_zero = choice.ChoiceHead(config.hidden_size).to(device)  # w = 0, (d,)
 with torch.no_grad():
-    choice_batch = form.encode(test[: max(2, profile.eval_batch_size // 2)])
+    choice_batch = form.encode(cloze_questions[: max(1, len(cloze_questions) // 2)])
     features = form.features(choice_batch)  # scores (B, 5), phi (B, 5, d)
     my_z = features.scores + features.phi @ head_at_zero.weight  # z_c = s_c + w^T phi_c, (B, 5)
     checks.compare("z by hand vs ChoiceHead", my_z, head_at_zero(features))
     probs_at_zero = torch.softmax(head_at_zero(features, choice_batch["choice_mask"]), dim=-1)  # (B, 5)
-checks.compare("w = 0 head vs cloze.predict", probs_at_zero.cpu(), rec_cloze["probs"][: len(probs_at_zero)]);
+checks.compare("w = 0 head vs cloze.predict", probs_at_zero.cpu(), rec_cloze["probs"][: len(probs_at_zero)],
+               **(dict() if device.type == "cpu" else tolerance));
 
 # %% [markdown]
 # The method `"zero_shot"` of the library now uses exactly this head (`head_form="choice"`, the
@@ -309,19 +314,22 @@ checks.compare("w = 0 head vs cloze.predict", probs_at_zero.cpu(), rec_cloze["pr
 
 # %%
 zero_shot = methods.make_method("zero_shot", profile=profile, seed=SEED, progress=False)
-rec0 = zero_shot.predict(test)
+rec0 = zero_shot.predict(test)  # every test question of the profile
 del zero_shot
-checks.compare("zero_shot vs cloze.predict", rec0["probs"], rec_cloze["probs"], **tolerance);
+checks.compare("zero_shot vs cloze.predict", rec0["probs"][: len(cloze_questions)], rec_cloze["probs"], **tolerance)
+accuracy_cloze = metrics.accuracy(rec0["probs"], rec0["labels"])
+print(f"letter form: ACC {accuracy_letter:.3f}    cloze form: ACC {accuracy_cloze:.3f}   "
+      f"(chance {np.mean([1 / e.num_choices for e in test]):.3f}, {len(test)} questions)")
 
 # %% [markdown]
 # **Why the course fine-tunes the choice head.** The letter form needs one backbone pass per question
 # and gives a fixed five-way last layer, but for a 135M model it sits at chance, zero-shot (25.3% on
 # the whole ARC-Easy test split, measured) and still after 250 fine-tuning steps (measured): the
-# model would first have to learn the letter link. The choice head starts at what the model already knows: the
-# cloze classifier reaches about 47% on the whole ARC-Easy test split (measured), and fine-tuning
-# only has to improve on it. It costs one batched pass over the question's $K$ choice sequences, and
-# its last layer is still linear in one weight vector $w$: exactly the shape that a Bayesian last
-# layer (notebook 04) can make Bayesian. From here on, "zero-shot" means this cloze classifier.
+# model would first have to learn the letter link. The choice head starts at what the model already
+# knows: the cloze classifier reaches about 47% on the whole ARC-Easy test split (measured), and
+# fine-tuning only has to improve on it. It costs one batched pass over the question's $K$ choice
+# sequences, and its last layer is still linear in one weight vector $w$: exactly the shape that a
+# Bayesian last layer (notebook 04) can make Bayesian. From here on, "zero-shot" means this cloze classifier.
 
 # %% [markdown]
 # ## 5 · How good, and how honest, are these probabilities?
@@ -493,7 +501,8 @@ print(f"profile {profile.name!r}: {profile.steps} steps on {len(train)} question
 #   letter form reads the next-token logits of `" A"` ... `" E"` after a lettered prompt; our
 #   from-scratch version matched the full model and the library to float precision, but a 135M model
 #   answers mostly one letter, at chance. The cloze form scores each choice text as a continuation
-#   of the question and does far better (compare the two accuracies printed in section 4).
+#   of the question and does far better (compare the two accuracies printed in section 4, with the
+#   library's `zero_shot` method).
 # - The choice head $z_c = s_c + w^\top \phi_c$ turns the cloze scores into a classifier we can
 #   fine-tune: one shared $w$, started at 0, so that step 0 is the cloze classifier. Our $s_c$ and
 #   $\phi_c$, built by hand from full forward passes, matched `ChoiceForm.features`, and the head at

@@ -416,7 +416,11 @@ widgets.spectrum_explorer(method.trainer.state.rank_history)
 #   adapter has. The `smoke` tier trains only a few steps, so there the numbers say little. At the
 #   `cpu` tier (ARC-Easy, adapters on `q_proj` and `v_proj` of the top 2 layers, $r = 8$, 250 steps)
 #   we measured a mean stable rank of 1.01-1.04 for LoRA's $\Delta W$: with 8 directions available,
-#   the update collapses to rank one. PoLAR, under the same conditions, measured 1.05-1.24.
+#   the update collapses to rank one. PoLAR with a full $r \times r$ core $\Theta$ measured 1.05-1.24
+#   under the same conditions; with the diagonal core that the `smoke` and `cpu` profiles now use
+#   (`profile.polar_theta`) it kept a mean stable rank of 2.67 on the validation runs recorded in
+#   `polar_vbll/profiles.py`.
 #
 # Notebook 02 builds the polar decomposition and PoLAR, which writes $\Delta W = X \Theta Y^\top$ with
-# orthonormal $X$, $Y$ so that no direction can silently vanish.
+# orthonormal $X$, $Y$: its directions stay orthonormal by construction, and how many of them carry
+# weight is left to the small core $\Theta$.

@@ -241,7 +241,9 @@ assert distance_to_polar_factor <= min(random_distances.min().item(), nearby_dis
 # The $r$ directions in $X$ and $Y$ are kept orthonormal by the optimizer (notebook 03), so they
 # cannot merge; the only way the update can lose a direction is for $\Theta$ itself to become
 # rank-deficient. Direction (on the Stiefel manifolds) and strength (in $\Theta$) are separated, as
-# in $W = UP$.
+# in $W = UP$. A variant keeps only a diagonal core, $\Theta = \mathrm{diag}(\theta_1, \dots, \theta_r)$
+# (`PoLARLinear(..., theta="diagonal")`): then $X\,\mathrm{diag}(\theta)\,Y^\top$ is itself an SVD
+# (up to signs and order), $X$ and $Y$ carry the singular vectors and $|\theta_i|$ the singular values.
 #
 # Let us check this on a `PoLARLinear` wrapped around a small random layer (`Theta` starts at zero,
 # so that the adapted layer equals the base layer; we fill it by hand here).
@@ -318,7 +320,9 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # `data.format_cloze_context(example) + " " + choice` (the question, `Answer:`, then the choice; the
 # first one is printed below). For every choice $c$ the backbone gives two things: the *cloze
 # score* $s_c$, the mean log-probability of the choice's tokens, and $\phi_c \in \mathbb R^{576}$, the
-# final hidden state at the choice's last token. The logit of choice $c$ is
+# final hidden state at the choice's last token minus its mean over the question's choices (the
+# softmax below ignores whatever all choices share, so this centring changes no prediction). The
+# logit of choice $c$ is
 #
 # $$z_c = s_c + w^\top \phi_c, \qquad w \in \mathbb R^{576} \text{ shared by all choices, started at } w = 0,$$
 #
@@ -331,8 +335,9 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # the `gpu` tier (`adapt_layers = None`). With only the top layers adapted, the frozen layers below
 # compute the same hidden states at every step, so the library runs them once per (question, choice)
 # sequence and caches them on disk (`polar_vbll.feature_cache`): the second fine-tune, and later runs
-# on the same questions, skip them. Every `log_every` steps the trainer records the stable rank of
-# every $\Delta W$.
+# on the same questions, skip them. PoLAR's core is `profile.polar_theta`: diagonal in the `smoke`
+# and `cpu` tiers, a full $r \times r$ matrix in the `gpu` tier (why: after the spectra below). Every
+# `log_every` steps the trainer records the stable rank of every $\Delta W$.
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
@@ -347,7 +352,8 @@ for label, method_name in (("lora", "mle"), ("polar", "polar")):
     fitted[label].fit(train)
 adapted_layers = sorted({int(name.split(".layers.")[1].split(".")[0]) for name in fitted["lora"].adapters})
 print(f"adapters on {list(profile.target_modules)} of decoder layers {adapted_layers} "
-      f"(adapt_layers = {profile.adapt_layers}); head: {type(fitted['lora'].head).__name__}")
+      f"(adapt_layers = {profile.adapt_layers}); PoLAR core Θ: {profile.polar_theta}; "
+      f"head: {type(fitted['lora'].head).__name__}")
 records = {label: method.predict(test) for label, method in fitted.items()}  # probs (N, 5), labels (N,)
 for label, record in records.items():
     summary = metrics.summarize(record["probs"], record["labels"])
@@ -358,13 +364,22 @@ for label, record in records.items():
 # %% [markdown]
 # The spectrum of every trained $\Delta W$ (the slider picks the layer); the legend gives the stable
 # rank. What to expect, honestly: PoLAR guarantees that its $r$ *directions* stay orthonormal, not
-# that the update *uses* them; that is up to $\Theta$, and $\Theta$ follows the task gradient. On a
-# short budget that gradient is itself nearly rank one, and then both updates are nearly rank one.
-# Measured at the `cpu` tier on 200 ARC-Easy validation questions (top 2 layers, `q_proj` and
-# `v_proj`, $r = 8$, 250 steps): LoRA's mean stable rank of $\Delta W$ was 1.01–1.04 and PoLAR's
-# (full $\Theta$) 1.05–1.24. PoLAR's is a little higher, but $\Theta$ collapses too. After the handful
-# of steps of the `smoke` tier both updates are still close to where they started (PoLAR's $\Theta$
-# and LoRA's $B$ start at zero), so do not read much into the smoke numbers.
+# that the update *uses* them; that is up to $\Theta$, and $\Theta$ follows the task gradient. With a
+# full core, the gradient of $\Theta$ is $\frac{\alpha}{r}X^\top G\,Y$ ($G$ the gradient of $\Delta W$), an
+# $r \times r$ picture of $G$. On a short budget $G$ is itself nearly rank one, so $\Theta$ grows nearly rank one
+# and the $r$ orthonormal directions end up carrying a single one between them. Measured at the
+# `cpu` tier on ARC-Easy validation questions (top 2 layers, `q_proj` and `v_proj`, $r = 8$, 250
+# steps): the mean stable rank of $\Delta W$ was 1.01–1.04 for LoRA and 1.05–1.24 for PoLAR with a
+# full $\Theta$: both collapse.
+#
+# A diagonal core cannot mix its directions: $\theta_i$ gets its own gradient $\frac{\alpha}{r}x_i^\top G\,y_i$, and
+# turning the update means turning $X$ and $Y$ on their manifolds. In the same setting the mean
+# stable rank rose to 2.67, with about the same accuracy, which is why the `smoke` and `cpu`
+# profiles use it. Read that number with care: the stable rank says how evenly the update's size
+# is spread over its directions, not how many of them carry something the task needs (at the start
+# every $\theta_i$ picks up a share of the same rank-one gradient through the random $x_i, y_i$).
+# After the handful of steps of the `smoke` tier both updates are still close to where they started
+# (PoLAR's $\Theta$ and LoRA's $B$ start at zero), so do not read much into the smoke numbers.
 
 # %%
 final_reports = {label: adapters.rank_report(method.adapters) for label, method in fitted.items()}
@@ -380,10 +395,9 @@ for label, value in mean_stable_rank.items():
 # %% [markdown]
 # And the stable rank along training (the mean over layers; dotted lines are the single layers).
 #
-# *Try it:* a PoLAR core restricted to a diagonal, $\Theta = \mathrm{diag}(\theta_1, \dots, \theta_r)$,
-# makes $X$ and $Y$ carry the singular vectors themselves. Refit `"polar"` with
-# `profile.with_overrides(polar_theta="diagonal")` and compare its mean stable rank with the one
-# printed above.
+# *Try it:* refit `"polar"` with the other core,
+# `profile.with_overrides(polar_theta="full")` (or `"diagonal"` in the `gpu` tier), and compare its
+# mean stable rank and its accuracy with the ones printed above.
 
 # %%
 stable_rank_history = {label: [entry for entry in method.trainer.state.history if "stable_rank" in entry]
@@ -427,10 +441,11 @@ for label, record in records.items():
 #   zero-shot cloze classifier; the printed accuracies and $\|w\|$ show how far each fine-tune moved
 #   from it. The printed mean stable ranks compare the two updates: the orthonormal $X, Y$ keep
 #   PoLAR's directions apart, but whether the update spreads over them is decided by $\Theta$ and the
-#   task gradient. On a short budget both stay close to rank one (at the `cpu` tier we measured
-#   1.01–1.04 for LoRA and 1.05–1.24 for PoLAR, see section 5); in the `smoke` tier, after a handful
-#   of steps, the numbers mean little. The calibration section compared how confident each model is
-#   against how often it is right; neither method is Bayesian yet.
+#   task gradient. With a full $\Theta$ both updates collapse to about rank one on a short budget; a
+#   diagonal $\Theta$ keeps the update spread (at the `cpu` tier, on validation questions, we measured
+#   LoRA 1.01–1.04, full $\Theta$ 1.05–1.24, diagonal $\Theta$ 2.67, see section 5). In the `smoke`
+#   tier, after a handful of steps, the numbers mean little. The calibration section compared how
+#   confident each model is against how often it is right; neither method is Bayesian yet.
 #
 # Next, notebook 03 shows how $X$ and $Y$ are trained so that they stay on the Stiefel manifold:
 # tangent projections, retractions, and the landing field. Notebooks 04 and 05 then put a Bayesian

@@ -395,10 +395,13 @@ figure
 # Now SmolLM2-135M with PoLAR adapters on ARC-Easy, once per Stiefel method, same seed, rank, steps
 # and learning rate. The setup is that of notebook 02: each (question, choice) pair is one sequence,
 # and the deterministic choice head scores choice $c$ with $z_c = s_c + w^\top\phi_c$ (the cloze score
-# of the choice plus a learned $w$, started at $0$, times the choice's last hidden state), trained
+# of the choice plus a learned $w$, started at $0$, times the choice's last hidden state, centred over
+# the question's choices), trained
 # with cross-entropy over the choices. The PoLAR adapters sit on `profile.target_modules` of the top
 # `profile.adapt_layers` decoder layers in the `smoke` and `cpu` tiers (the frozen layers below are
-# computed once and cached, so the three runs share that work) and in all 30 layers in the `gpu` tier.
+# computed once and cached, so the three runs share that work) and in all 30 layers in the `gpu` tier;
+# their core $\Theta$ is `profile.polar_theta` (diagonal in the `smoke` and `cpu` tiers, see notebook
+# 02). Only $X$ and $Y$ live on the Stiefel manifolds, so only they see the three methods.
 # Every `log_every` steps the trainer logs the largest $\|X^\top X - I\|_F$ over all adapted layers
 # (`"orthogonality_error"` in `method.trainer.state.history`).
 
@@ -407,7 +410,8 @@ torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix prod
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)
 test = data.load_task("arc_easy", "test", limit=profile.test_examples)
 print(f"{len(train)} train and {len(test)} test questions; rank {profile.rank}, {profile.steps} steps; "
-      f"adapters on {list(profile.target_modules)} of the top {profile.adapt_layers or 'all'} layers")
+      f"adapters on {list(profile.target_modules)} of the top {profile.adapt_layers or 'all'} layers, "
+      f"Θ {profile.polar_theta}")
 
 histories, records, fit_seconds = {}, {}, {}
 for stiefel_method in ("landing", "geoopt", "retraction"):

@@ -50,7 +50,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from polar_vbll import checks, data, evaluation, methods, metrics, training, viz, widgets
+from polar_vbll import checks, evaluation, methods, metrics, training, viz, widgets
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)
@@ -59,15 +59,17 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 # ### How long the runs of this notebook are
 #
 # This notebook fine-tunes many models: one in section 1, nine methods on ARC-Easy in section 2
-# (eleven fine-tunes: the ensemble trains `ensemble_members` = 3 members, and `temperature` and
-# `laplace` each train their own `mle` before their post-hoc step), and again on OpenBookQA in
-# section 3. At the `cpu` profile's full sizes (250 steps per fine-tune, about 3–4 minutes each on 2
-# cores, plus predicting every test set, ten times for MC-dropout) that is well over an hour. So the
-# `cpu` tier of *this notebook* runs a shortened version, printed below:
+# (nine fine-tunes: the ensemble trains `ensemble_members` = 3 members, while `temperature` and
+# `laplace` start from the `mle` fitted just before them and add only their post-hoc step), and
+# again on OpenBookQA in section 3. At the `cpu` profile's full sizes (250 steps per fine-tune,
+# about 3–4 minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that
+# is well over an hour. So the `cpu` tier of *this notebook* runs a shortened version, printed below:
 #
-# - `steps` 250 → 30: training is most of the cost, and it is paid eleven times per task;
-# - `train_examples` 1200 → 30 × `batch_size` = 120, the questions those steps actually see (the
+# - `steps` 250 → 30: training is most of the cost, and it is paid nine times per task;
+# - `train_examples` 600 → 30 × `batch_size` = 120, the questions those steps actually see (the
 #   frozen lower layers are run once for every training question, so unused ones only cost time);
+# - `validation_examples` 100 → 50: only the temperature and Laplace's prior precision are fitted
+#   on them;
 # - `test_examples` 300 → 100 and `ood_examples` 100 → 40: every method predicts every test set
 #   (MC-dropout 10 times, the ensemble 3 times), and each new question costs one pass of the frozen
 #   lower layers first;
@@ -76,13 +78,15 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 #
 # Thirty steps is a short fine-tune: the numbers of the `cpu` tier show what each method does
 # *early*, not where it ends. The full-length `cpu`-tier runs of every method (250 steps, the full
-# test split) are in the README table. The `smoke` tier (CI) shortens further; the `gpu` tier runs
-# the profile as it is.
+# test split) are in the README table. The `smoke` tier (CI) shortens the same way, to 2 steps and
+# a handful of questions; the `gpu` tier runs the profile as it is.
 
 # %%
 NOTEBOOK_OVERRIDES = {
-    "smoke": dict(steps=2, test_examples=8, ood_examples=4),  # CI: every fine-tune within seconds
-    "cpu": dict(steps=30, train_examples=30 * profile.batch_size, test_examples=100, ood_examples=40),
+    "smoke": dict(steps=2, train_examples=2 * profile.batch_size, validation_examples=4, test_examples=8,
+                  ood_examples=2),  # CI: a few minutes in all; the numbers mean nothing
+    "cpu": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
+                ood_examples=40),
 }
 if profile.name in NOTEBOOK_OVERRIDES:
     print(f"{profile.name} tier, shortened for this notebook:")
@@ -97,11 +101,14 @@ else:
 #
 # The classifier is the choice head of notebook 02 (section 5): each (question $i$, choice $c$) pair is one
 # sequence, and the backbone gives its cloze score $s_{ic}$ (the mean log-probability of the choice's
-# tokens) and its last hidden state $\phi_{ic} \in \mathbb R^{576}$. The logit of a choice is
+# tokens) and its last hidden state $\phi_{ic} \in \mathbb R^{576}$, centred over the question's
+# choices. The logit of a choice is
 # $z_{ic} = s_{ic} + w^\top\phi_{ic}$ with one $w$ shared by all choices, and VBLL puts a Gaussian
 # $q(w) = \mathcal N(m, S)$ on it (prior $p(w) = \mathcal N(0, \sigma^2 I)$), so that
 # $z_{ic} \sim \mathcal N\big(\bar z_{ic},\ \phi_{ic}^\top S\,\phi_{ic}\big)$ with
-# $\bar z_{ic} = s_{ic} + m^\top\phi_{ic}$.
+# $\bar z_{ic} = s_{ic} + m^\top\phi_{ic}$. (The centring matters here, not for the deterministic head:
+# a part of $\phi_{ic}$ that all choices share would give every logit the same extra variance, which
+# the softmax ignores but the bound below would charge for.)
 #
 # PoLAR-VBLL has two groups of parameters: the adapters $\theta = (X, \Theta, Y)$ inside the
 # backbone, which shape both $s_{ic}(\theta)$ and $\phi_{ic}(\theta)$ (notebooks 02 and 03), and the
@@ -136,10 +143,14 @@ else:
 print(training.__doc__.split("Two schedules:")[1].strip())
 
 # %%
-train_examples = data.load_task("arc_easy", "train", limit=profile.train_examples)
-validation_examples = data.load_task("arc_easy", "validation", limit=profile.validation_examples)
+splits = evaluation.load_splits("arc_easy", profile, ood=[])  # train, validation, "arc_easy" (test): section 2's questions
+train_examples = splits["train"]
 polar_vbll = methods.make_method("polar_vbll", profile=profile, seed=SEED, progress=False)
-polar_vbll.fit(train_examples, validation_examples)
+polar_vbll.fit(train_examples)
+# Run the frozen lower layers over section 2's validation and test questions now (the cache keeps them on disk),
+# so that the prediction times of section 4 compare the methods, not which one happened to predict first.
+for split in ("validation", "arc_easy"):
+    polar_vbll.form.prepare(splits[split])
 trainer = polar_vbll.trainer
 print(f"schedule={trainer.config.schedule}, posterior steps per adapter step={trainer.config.posterior_steps}, "
       f"{trainer.config.steps} steps, optimizers: {list(trainer.optimizers)}")
@@ -232,8 +243,9 @@ for moment, (_, _, value) in moments.items():
 # | `temperature` | LoRA | $w$ | mle, then one temperature fitted on validation NLL |
 # | `laplace` | LoRA | $w$, then Laplace over $w$ | mle, then a last-layer Laplace posterior |
 #
-# (`temperature` and `laplace` each train the same `mle` again, same seed and data, before their
-# post-hoc step: their adapters and $w$ are those of the `mle` row.)
+# `temperature` and `laplace` are post-hoc steps on a fitted `mle`: `compare` hands them the `mle`
+# it has just fitted (same questions, profile and seed, so training again would give the same
+# adapters and $w$), and they add only their own step on the validation questions.
 
 # %%
 ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
@@ -242,6 +254,8 @@ results = evaluation.compare("arc_easy", ["zero_shot"] + ALL_METHODS, profile=pr
 print(evaluation.metrics_table(results))
 print("fit seconds (load + train + post-hoc step): "
       + ", ".join(f"{name} {entry['fit_seconds']:.0f}" for name, entry in results["methods"].items()))
+print("post-hoc methods started from the fit of:",
+      {name: entry["reused_fit_of"] for name, entry in results["methods"].items() if entry["reused_fit_of"]})
 
 # %%
 viz.metric_comparison({name: entry["metrics"]["arc_easy"] for name, entry in results["methods"].items()})
@@ -279,7 +293,8 @@ for name in ("mle", "polar_vbll"):
 # choices' logits $s_c + w^\top\phi_c$ by dot products with the $\phi_c$ already computed. MC-dropout
 # runs the backbone N times, an ensemble M times. Each prediction record carries the number of
 # backbone passes and the measured seconds per question. (In the `smoke` and `cpu` tiers the backbone
-# pass itself is short: only the adapted top layers run, on cached hidden states of the layers below.)
+# pass itself is short: only the adapted top layers run, on the hidden states of the frozen layers
+# below, which section 1 cached for these questions.)
 
 # %%
 cost_names = list(results["methods"])

@@ -56,7 +56,7 @@ from polar_vbll.profiles import start_notebook
 profile, device, generator = start_notebook(PROFILE, SEED)
 
 # %% [markdown]
-# ### How long the runs of this notebook are
+# ## 0. How long the runs of this notebook are
 #
 # This notebook fine-tunes many models: one in section 1, nine methods on ARC-Easy in section 2
 # (nine fine-tunes: the ensemble trains `ensemble_members` = 3 members, while `temperature` and

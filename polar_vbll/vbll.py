@@ -394,6 +394,16 @@ def _on_cpu(tensor):
     return tensor.cpu() if isinstance(tensor, torch.Tensor) else tensor
 
 
+def _prior_precisions(taus, has_validation: bool) -> list[float]:
+    """The Laplace fits' tau grid as floats; one tau unless validation data can choose among several."""
+    taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
+    if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
+        raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
+    if not has_validation and len(taus) > 1:
+        raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
+    return taus
+
+
 class LastLayerLaplace:
     """Post-hoc Laplace approximation of a trained deterministic last layer.
 
@@ -465,11 +475,7 @@ class LastLayerLaplace:
 
         Without validation data, ``taus`` must hold a single value, which is used as is.
         """
-        taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
-        if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
-            raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
-        if val_features is None and len(taus) > 1:
-            raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
+        taus = _prior_precisions(taus, val_features is not None)
         self.ggn = self.ggn_hessian(features, labels, masks)
         self._cached_covariance = (None, None)
         if val_features is None:
@@ -653,11 +659,7 @@ class ChoiceLaplace:
 
     def fit(self, features, labels, mask=None, val_features=None, val_labels=None, val_mask=None,
             taus=tuple(10.0**k for k in range(-3, 6))) -> "ChoiceLaplace":
-        taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
-        if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
-            raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
-        if val_features is None and len(taus) > 1:
-            raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
+        taus = _prior_precisions(taus, val_features is not None)
         self.ggn = self.ggn_hessian(features, labels, mask)
         if val_features is None:
             self.prior_precision = taus[0]

@@ -70,7 +70,7 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 #   frozen lower layers are run once for every training question, so unused ones only cost time);
 # - `validation_examples` 100 → 50: only the temperature and Laplace's prior precision are fitted
 #   on them;
-# - `test_examples` 300 → 100 and `ood_examples` 100 → 40: every method predicts every test set
+# - `test_examples` 500 → 100 and `ood_examples` 100 → 40: every method predicts every test set
 #   (MC-dropout 10 times, the ensemble 3 times), and each new question costs one pass of the frozen
 #   lower layers first;
 # - section 3 runs four of the nine methods (`mle`, its two post-hoc variants `temperature` and

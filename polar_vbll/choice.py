@@ -168,6 +168,25 @@ def center_over_choices(phi: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (phi - mean) * present
 
 
+def append_score_feature(features: ChoiceFeatures, mask: torch.Tensor, kappa: float) -> ChoiceFeatures:
+    """phi_c -> [phi_c, kappa (s_c - mean of the question's s_c)], (B, C, d + 1); scores unchanged.
+
+    With this extra feature the head's logit is z_c = s_c + w^T phi_c + w_s kappa (s_c - s̄):
+    up to a shift shared by the question's choices (which the softmax ignores) that is
+    (1 + kappa w_s) s_c + w^T phi_c, so the head learns how far to trust the zero-shot score
+    (w_s < 0: less). It starts at w_s = 0 (the cloze classifier) and, being one more coordinate
+    of w, it gets the same treatment as the others: a point estimate for mle, a posterior under
+    VBLL and Laplace -- uncertainty about the score's scale widens the logits of exactly the
+    questions whose choices the score separates most. ``kappa`` sets the feature's size, and so
+    how strongly the shared prior N(0, s I) on w holds w_s back (prior std of the scale is
+    kappa sqrt(s)).
+    """
+    if not kappa:
+        return features
+    centred = center_over_choices(features.scores[..., None], mask)  # (B, C, 1)
+    return ChoiceFeatures(features.scores, torch.cat([features.phi, kappa * centred], dim=-1))
+
+
 class ChoiceHead(nn.Module):
     """Deterministic choice head: z_c = s_c + w^T phi_c (+ b_c), w (d,) and b (C,) started at 0.
 
@@ -200,10 +219,14 @@ class ChoiceForm:
     name = "choice"
 
     def __init__(self, model, tokenizer, max_length: int, adapt_layers: int | None = None,
-                 model_name: str = "", progress: bool = False, batch_size: int = 16):
+                 model_name: str = "", progress: bool = False, batch_size: int = 16,
+                 score_feature: float = 0.0):
         from polar_vbll import feature_cache
 
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.score_feature = float(score_feature)
+        # the width d of phi that a head over these features needs
+        self.feature_width = model.config.hidden_size + (1 if self.score_feature else 0)
         self.device = next(model.parameters()).device
         self.top_layers = self.cache = None
         if adapt_layers is not None:
@@ -226,9 +249,10 @@ class ChoiceForm:
                 for key, value in batch.items()}
 
     def features(self, batch: dict) -> ChoiceFeatures:
-        return choice_features(self.model, batch, self.top_layers)
+        features = choice_features(self.model, batch, self.top_layers)
+        return append_score_feature(features, batch["choice_mask"], self.score_feature)
 
 
-__all__ = ["ChoiceFeatures", "ChoiceForm", "ChoiceHead", "center_over_choices",
+__all__ = ["ChoiceFeatures", "ChoiceForm", "ChoiceHead", "append_score_feature", "center_over_choices",
            "check_choice_features", "choice_features",
            "choice_rows", "continuation_scores", "encode_choices"]

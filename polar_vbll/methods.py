@@ -141,7 +141,8 @@ class Method:
         if head_form == "choice":
             self.form = ChoiceForm(self.model, self.tokenizer, self.profile.max_length,
                                    adapt_layers=self.profile.adapt_layers, model_name=model_name,
-                                   progress=progress, batch_size=self.profile.eval_batch_size)
+                                   progress=progress, batch_size=self.profile.eval_batch_size,
+                                   score_feature=self.profile.score_feature)
         else:
             self.form = LetterForm(self.model, self.tokenizer, self.profile.max_length)
         self.adapters: dict = {}
@@ -173,7 +174,7 @@ class Method:
         if spec.head == "vbll":
             self._build_vbll_head()
         elif self.form.name == "choice":
-            self.head = ChoiceHead(self.model.config.hidden_size).to(self.device)
+            self.head = ChoiceHead(self.form.feature_width).to(self.device)
         else:
             weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
             self.head = AnswerHead(weight).to(self.device)
@@ -259,7 +260,7 @@ class Method:
         covariance learning rate removes within a few dozen head steps."""
         scale = self.prior_scale or 1.0
         if self.form.name == "choice":  # q(w) = N(0, 0.1 s I) at first: the cloze classifier
-            self.head = ChoiceVBLLHead(self.model.config.hidden_size,
+            self.head = ChoiceVBLLHead(self.form.feature_width,
                                        covariance=self.options["covariance"], prior_scale=scale,
                                        init_scale=(0.1 * scale) ** 0.5).to(self.device)
             return
@@ -272,9 +273,13 @@ class Method:
     def _fit_laplace(self, train_examples, validation_examples) -> None:
         phi, labels, mask = self.extract_features(train_examples)
         val_phi, val_labels, val_mask = self.extract_features(validation_examples)
-        posterior = ChoiceLaplace if self.form.name == "choice" else LastLayerLaplace
-        self.laplace = posterior(self.head.weight.detach()).fit(
+        self.laplace = self._laplace_posterior().fit(
             phi, labels, mask, val_phi, val_labels, val_mask, taus=LAPLACE_PRIOR_PRECISIONS)
+
+    def _laplace_posterior(self):
+        """An unfitted Laplace posterior around the trained head."""
+        posterior = ChoiceLaplace if self.form.name == "choice" else LastLayerLaplace
+        return posterior(self.head.weight.detach())
 
     def fitted_state(self) -> dict:
         """Adapters, head and training history after ``fit``: what ``fit(fitted_base=...)`` of a
@@ -424,8 +429,7 @@ class Method:
                            "head": tensors[f"member{i}_head"]}
                           for i in range(int(state.get("members", 0)))]
         if "laplace" in tensors:
-            posterior = ChoiceLaplace if method.form.name == "choice" else LastLayerLaplace
-            method.laplace = posterior(method.head.weight.detach())
+            method.laplace = method._laplace_posterior()
             method.laplace.ggn = tensors["laplace"]["ggn"].double()
             method.laplace.prior_precision = float(tensors["laplace"]["prior_precision"])
         return method

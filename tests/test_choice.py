@@ -21,7 +21,7 @@ def questions():
 def _probabilities(form, examples):
     with torch.no_grad():
         batch = form.encode(examples)
-        logits = ChoiceHead(576)(form.features(batch), batch["choice_mask"])
+        logits = ChoiceHead(form.feature_width)(form.features(batch), batch["choice_mask"])
     return torch.softmax(logits, -1)
 
 
@@ -34,6 +34,9 @@ def test_choice_head_at_step_zero_is_the_cloze_classifier(smollm2, questions, tm
     top.cache.folder = tmp_path
     top.prepare(questions)
     torch.testing.assert_close(_probabilities(top, questions), reference, atol=1e-4, rtol=0)
+    scored = ChoiceForm(model, tokenizer, 160, score_feature=5.0)  # phi gets the score feature
+    assert scored.feature_width == 577
+    torch.testing.assert_close(_probabilities(scored, questions), reference, atol=1e-5, rtol=0)
 
 
 def test_top_layers_on_cached_states_equal_the_full_backbone(smollm2, questions, tmp_path):
@@ -175,3 +178,29 @@ def test_centring_over_choices_changes_no_deterministic_prediction():
     before = torch.softmax(head(ChoiceFeatures(scores, phi), mask), -1)
     after = torch.softmax(head(ChoiceFeatures(scores, centred), mask), -1)
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+
+
+def test_the_score_feature_lets_the_head_rescale_the_cloze_score():
+    generator = torch.Generator().manual_seed(3)
+    features, mask, labels = _random_features(generator, batch=16, width=6)
+    assert choice.append_score_feature(features, mask, 0.0) is features  # off
+    extended = choice.append_score_feature(features, mask, 2.5)
+    assert extended.phi.shape == (16, 4, 7) and extended.scores is features.scores
+    torch.testing.assert_close(extended.phi[..., :6], features.phi)
+    column = extended.phi[..., 6]  # kappa (s_c - mean of the question's s_c), 0 where absent
+    assert (column[~mask] == 0).all()
+    torch.testing.assert_close(column.sum(1), torch.zeros(16, dtype=column.dtype), atol=1e-12, rtol=0)
+    head = ChoiceHead(7).double()
+    with torch.no_grad():
+        head.weight.normal_(0, 1, generator=generator)
+        head.weight[6] = -0.2  # scale 1 + 2.5 * (-0.2) = 0.5
+    expected = 0.5 * features.scores + features.phi @ head.weight[:6]
+    torch.testing.assert_close(torch.softmax(head(extended, mask), -1),
+                               torch.softmax(expected.masked_fill(~mask, -math.inf), -1))
+    # the gradient reaches the score's weight; VBLL gives it a variance like any coordinate of w
+    fresh = ChoiceHead(7).double()
+    torch.nn.functional.cross_entropy(fresh(extended, mask), labels).backward()
+    assert fresh.weight.grad[6].abs() > 0
+    vbll = ChoiceVBLLHead(7, prior_scale=0.5, init_scale=0.3).double()
+    _, variance = vbll.choice_moments(extended)
+    torch.testing.assert_close(variance, (extended.phi.square() * 0.09).sum(-1))

@@ -306,6 +306,35 @@ checks.compare("w = 0 head vs cloze.predict", probs_at_zero.cpu(), rec_cloze["pr
                **(dict() if device.type == "cpu" else tolerance));
 
 # %% [markdown]
+# **One more feature: the score itself.** The head above must take $s_c$ at face value: its weight
+# is fixed at 1. The library's profiles give $\phi_c$ one more entry, the centred score
+# $\kappa\,(s_c - \bar s)$ with $\bar s$ the mean of the question's scores, so
+# $\tilde\phi_c = [\phi_c,\ \kappa (s_c - \bar s)]$ and
+#
+# $$z_c = s_c + w^\top \phi_c + w_s\,\kappa\,(s_c - \bar s)
+#       = (1 + \kappa w_s)\, s_c + w^\top \phi_c - \kappa w_s \bar s .$$
+#
+# The last term is the same for every choice of the question, and the softmax ignores it: $w_s$
+# rescales the cloze score ($w_s < 0$: trust it less). It starts at 0, so step 0 is still the cloze
+# classifier, and as one more coordinate of $w$ it gets what $w$ gets: a point estimate for `mle`, a
+# posterior under VBLL and Laplace (notebook 04). $\kappa$ (`profile.score_feature`) sets how
+# strongly the prior on $w$ holds $w_s$ back; it was chosen on validation questions (README).
+# By hand, against `choice.append_score_feature`:
+
+# %%
+kappa = profile.score_feature
+scores, score_mask = features.scores, choice_batch["choice_mask"]  # (B, 5)
+s_bar = (scores * score_mask).sum(1, keepdim=True) / score_mask.sum(1, keepdim=True)  # (B, 1)
+my_extended = torch.cat([features.phi, (kappa * (scores - s_bar) * score_mask)[..., None]], dim=-1)  # (B, 5, d + 1)
+checks.compare("[phi, kappa (s - s_bar)] vs append_score_feature", my_extended,
+               choice.append_score_feature(features, score_mask, kappa).phi)
+w_s = -0.1  # some weight on the score feature (and w = 0 on phi)
+with_feature = (scores + w_s * my_extended[..., -1]).masked_fill(~score_mask, float("-inf"))
+rescaled = ((1 + kappa * w_s) * scores).masked_fill(~score_mask, float("-inf"))
+checks.compare(f"softmax with w_s = {w_s} vs softmax of {1 + kappa * w_s:.1f} s_c",
+               torch.softmax(with_feature, -1), torch.softmax(rescaled, -1));
+
+# %% [markdown]
 # The method `"zero_shot"` of the library now uses exactly this head (`head_form="choice"`, the
 # default): the choice head at $w = 0$, no adapters. In the `smoke` and `cpu` tiers the method runs
 # only the top few decoder layers on stored outputs of the frozen layers below (a cache that

@@ -321,10 +321,11 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # first one is printed below). For every choice $c$ the backbone gives two things: the *cloze
 # score* $s_c$, the mean log-probability of the choice's tokens, and $\phi_c \in \mathbb R^{576}$, the
 # final hidden state at the choice's last token minus its mean over the question's choices (the
-# softmax below ignores whatever all choices share, so this centring changes no prediction). The
+# softmax below ignores whatever all choices share, so this centring changes no prediction), plus one
+# entry, the centred score $\kappa (s_c - \bar s)$, whose weight rescales $s_c$ (notebook 00). The
 # logit of choice $c$ is
 #
-# $$z_c = s_c + w^\top \phi_c, \qquad w \in \mathbb R^{576} \text{ shared by all choices, started at } w = 0,$$
+# $$z_c = s_c + w^\top \phi_c, \qquad w \in \mathbb R^{577} \text{ shared by all choices, started at } w = 0,$$
 #
 # and the answer probabilities are $\mathrm{softmax}(z)$ over the question's choices. At step 0
 # ($w = 0$, $B = 0$, $\Theta = 0$) this is exactly the zero-shot cloze classifier; cross-entropy over

@@ -320,7 +320,9 @@ figure.show()
 #
 # $$ z_c = s_c + w^\top \phi_c $$
 #
-# with **one** weight vector $w \in \mathbb{R}^d$ shared by every choice. We freeze SmolLM2, compute
+# with **one** weight vector $w \in \mathbb{R}^d$ shared by every choice. In the library's profiles
+# $\phi_c$ ends with the score feature $\kappa (s_c - \bar s)$ of notebook 00, so $d = 577$ and the
+# posterior below is also uncertain about how far to trust $s_c$. We freeze SmolLM2, compute
 # the features once with the method `"zero_shot"` (its `extract_features` returns
 # `ChoiceFeatures(scores (N, 5), phi (N, 5, d))`, the labels and the choice mask), and train only a
 # Bayesian head on them: the backbone runs once per (question, choice), the head trains in
@@ -337,7 +339,7 @@ features_train, labels_train, mask_train = zero_shot.extract_features(train_exam
 features_test, labels_test, mask_test = zero_shot.extract_features(test_examples)
 features_train, features_test = features_train.to("cpu"), features_test.to("cpu")  # the head trains on the CPU
 labels_train, mask_train, labels_test, mask_test = (t.cpu() for t in (labels_train, mask_train, labels_test, mask_test))
-d_model = features_train.phi.shape[-1]  # d = 576
+d_model = features_train.phi.shape[-1]  # d = 576 + 1 (the score feature)
 print("scores", tuple(features_train.scores.shape), "(N, 5)   phi", tuple(features_train.phi.shape), "(N, 5, d)")
 print(f"mean ||phi_c|| = {features_train.phi[mask_train].norm(dim=-1).mean():.1f};  "
       f"largest |sum_c phi_c| entry = {features_train.phi.sum(1).abs().max():.1e} (centred over each question's choices)")

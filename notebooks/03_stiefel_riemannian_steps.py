@@ -470,6 +470,11 @@ print(f"largest difference between the three runs' probabilities: {largest_diffe
 # - On the PCA problem and in the fine-tune, geoopt and the retraction stayed on the manifold to
 #   rounding error while landing hovered near it and came back as training settled; the printed
 #   orthogonality errors and the calibration section show how much (or how little) that changed the
-#   model's answers in this run.
+#   model's answers in this run. At the `cpu` tier (this notebook run once with
+#   `POLAR_VBLL_PROFILE=cpu`: 250 steps, 500 ARC-Easy test questions) landing's largest
+#   $\lVert X^\top X - I\rVert$ fell from 2e-2 at step 25 to below 1e-3 from step 125 on, geoopt and
+#   the retraction stayed near 1e-6 (float32), and the three fine-tunes ended within a fraction of
+#   a point of each other: accuracy 51.8% / 51.8% / 51.6%, ECE 10.0% / 9.4% / 7.9%, NLL 1.28 /
+#   1.28 / 1.24 (landing / geoopt / retraction), at about the same training time (79-86 s each).
 #
 # Notebook 04 turns to the other half of PoLAR-VBLL: a variational Bayesian last layer and its ELBO.

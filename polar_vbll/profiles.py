@@ -5,8 +5,9 @@ optimizer steps -- and only changes how many of them:
 
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
-* ``cpu`` -- a laptop. One method on ARC-Easy trains in roughly 10-15 minutes on 2 cores and
-  gives numbers worth looking at (a few hundred steps, a few hundred test questions). Only the
+* ``cpu`` -- a laptop. One method on ARC-Easy trains in a few minutes on 2 cores (``make demo``,
+  three methods with an empty cache, took 9.2 min on a quiet machine) and gives numbers worth
+  looking at (a few hundred steps, 500 test questions). Only the
   top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
   and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a comparison share them.
 * ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
@@ -96,8 +97,8 @@ PROFILES: dict[str, Profile] = {
         ensemble_members=2, adapt_layers=2, polar_theta="diagonal",
     ),
     # cpu: chosen on ARC-Easy *validation* questions (never test); every attempt is in the README.
-    # 600 training questions because the frozen layers' pass costs ~0.45 s per question on 2
-    # cores (once, then cached); adapters in the top 2 layers (0.8 s per step of 4 questions);
+    # 600 training questions because the frozen layers' pass costs ~0.25-0.45 s per question on 2
+    # cores (once, then cached); adapters in the top 2 layers (~0.3 s per step of 4 questions);
     # learning rates 1e-3 (3e-4 barely moved the choice head in 250 steps), PoLAR at 3e-3 as
     # its authors use a higher rate for PoLAR than for LoRA; a diagonal Theta, because a full
     # Theta collapsed to rank one like LoRA (validation: mean stable rank 1.05 full vs 2.67

@@ -225,14 +225,17 @@ class ChoiceForm:
 
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
         self.score_feature = float(score_feature)
-        # the width d of phi that a head over these features needs
-        self.feature_width = model.config.hidden_size + (1 if self.score_feature else 0)
         self.device = next(model.parameters()).device
         self.top_layers = self.cache = None
         if adapt_layers is not None:
             self.top_layers = feature_cache.TopLayers(model, adapt_layers)
             self.cache = feature_cache.FeatureCache(model, self.top_layers.split, model_name,
                                                     batch_size=batch_size, progress=progress)
+
+    @property
+    def feature_width(self) -> int:
+        """The width d of phi that a head over these features needs (+1 with the score feature)."""
+        return self.model.config.hidden_size + (1 if self.score_feature else 0)
 
     def prepare(self, examples, progress: bool | None = None) -> None:
         """Make sure the lower layers' hidden states of every row of ``examples`` are at hand

@@ -152,6 +152,7 @@ class Method:
         self.laplace: LastLayerLaplace | None = None
         self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
         self.history: list[dict] = []  # one entry per training step (the last member's)
+        self.rank_history: dict = {}  # step -> adapters.rank_report (every profile.log_every)
         self.prior_scale: float | None = None
         self._build(seed)
 
@@ -232,6 +233,7 @@ class Method:
             if self.spec.members > 1:
                 self.members.append(self._member_tensors())
             self.history = self.trainer.state.history
+            self.rank_history = self.trainer.state.rank_history
         if self.spec.post_hoc == "temperature":
             logits, labels, _ = self._logits(validation_examples)
             self.temperature = fit_temperature(logits, labels)
@@ -349,12 +351,21 @@ class Method:
         samples = self.profile.last_layer_samples
         how = self.options["predictive"]
         if self.name == "mc_dropout":
-            probs = 0
-            for _ in range(self.profile.mc_dropout_passes):
-                phi, labels, mask = self.extract_features(examples, dropout=True)
-                probs = probs + torch.softmax(self.head(phi, mask), -1)
-            return {"probs": probs / self.profile.mc_dropout_passes, "labels": labels,
-                    "mask": mask}
+            # all passes over one batch before the next: a question's dropout masks depend only
+            # on its batch's place, so the first questions of a test set get the same masks
+            # whether or not the rest follows (tests re-check a prefix of recorded predictions)
+            self.form.prepare(examples)
+            probs, labels, mask = [], [], []
+            for chunk in data.batches(examples, self.profile.eval_batch_size):
+                chunk_probs = 0
+                for _ in range(self.profile.mc_dropout_passes):
+                    phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True)
+                    chunk_probs = chunk_probs + torch.softmax(self.head(phi, chunk_mask), -1)
+                probs.append(chunk_probs / self.profile.mc_dropout_passes)
+                labels.append(chunk_labels)
+                mask.append(chunk_mask)
+            return {"probs": torch.cat(probs), "labels": torch.cat(labels),
+                    "mask": torch.cat(mask)}
         if self.members:
             probs = 0
             for member in self.members:
@@ -395,8 +406,8 @@ class Method:
             tensors["laplace"] = {"ggn": self.laplace.ggn,  # float64: exact round trip
                                   "prior_precision": torch.tensor(self.laplace.prior_precision,
                                                                  dtype=torch.float64)}
-        state = {"history": self.history,
-                 "members": len(self.members)}
+        state = {"history": self.history, "members": len(self.members),
+                 "rank_history": {str(step): report for step, report in self.rank_history.items()}}
         return checkpoints.save_checkpoint(folder, tensors, self.config(), state)
 
     @classmethod
@@ -419,6 +430,8 @@ class Method:
                      seed=config["seed"], device=device, progress=progress, **config["options"])
         method.temperature = config.get("temperature", 1.0)
         method.history = list(state.get("history", []))
+        method.rank_history = {int(step): report
+                               for step, report in state.get("rank_history", {}).items()}
         method.prior_scale = config.get("prior_scale")
         if method.spec.head == "vbll":
             method._build_vbll_head()

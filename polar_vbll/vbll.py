@@ -131,9 +131,12 @@ def logit_gaussian_predictive(
 
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"n_samples must be a positive integer; got {n_samples!r}")
+    # drawn question by question ((B, S, C), then viewed as (S, B, C)): the first k questions get
+    # the same draws whether or not more questions follow, so a prefix of a prediction can be
+    # checked on its own (tests/test_pretrained.py re-evaluates committed runs on a prefix)
     noise = torch.randn(
-        (n_samples, batch_size, num_classes), generator=generator, dtype=logit_mean.dtype, device=logit_mean.device
-    )  # (S, B, C)
+        (batch_size, n_samples, num_classes), generator=generator, dtype=logit_mean.dtype, device=logit_mean.device
+    ).transpose(0, 1)  # (S, B, C)
     if full_covariance:
         # A square root R with R R^T = Sigma_z from its eigendecomposition (robust when Sigma_z is
         # near-singular, unlike a Cholesky factor); computed in float64 for accuracy.

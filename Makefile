@@ -6,6 +6,8 @@
 #   make lab     JupyterLab on notebooks/
 #   make book    the Jupyter Book in book/_build/html
 #   make bench   the benchmarks in benchmarks/ (JSON on stdout)
+#   make checkpoints  train the notebooks' fine-tunes at the cpu profile into polar_vbll/trained
+#                (committed; the notebooks load them, POLAR_VBLL_RETRAIN=1 trains instead)
 #   make sync    regenerate notebooks/*.ipynb from the .py sources (jupytext), outputs stripped
 
 SHELL := /bin/bash
@@ -18,9 +20,18 @@ export POLAR_VBLL_DATA ?= $(abspath ../shared/data)
 TORCH_CPU := torch==2.13.0
 EXECUTED := build/notebooks
 
-.PHONY: setup test test-lib test-notebooks demo lab book bench sync clean
+.PHONY: setup chromium test test-lib test-notebooks demo checkpoints lab book bench sync clean
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# Debian's Chromium for the browser tests (tests/browser.py), installed when missing and we are
+# root with apt (CI); elsewhere those tests skip and say how to get it.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null); \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +45,7 @@ $(STAMP): pyproject.toml
 
 test: setup test-lib test-notebooks
 	bash book/build.sh $(EXECUTED)
-	POLAR_VBLL_BOOK_BUILT=1 $(PY) -m pytest -q tests/test_book.py
+	POLAR_VBLL_BOOK_BUILT=1 $(PY) -m pytest -q tests/test_book.py tests/test_book_browser.py
 
 test-lib: setup
 	$(PY) -m pytest -q tests
@@ -51,6 +62,10 @@ test-notebooks: setup
 demo: setup
 	$(VENV)/bin/polar-vbll compare --task arc_easy --methods zero_shot,mle,polar_vbll --profile cpu \
 		--out results/demo
+
+checkpoints: setup
+	$(VENV)/bin/polar-vbll checkpoints --profile cpu
+	$(VENV)/bin/polar-vbll checkpoints --list
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

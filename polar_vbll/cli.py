@@ -4,6 +4,7 @@
     polar-vbll finetune --task arc_easy --method polar_vbll --profile cpu --out runs/pv
     polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
     polar-vbll compare --task obqa --methods mle,polar_vbll --ood obqa    (OBQA -> ARC, MMLU)
+    polar-vbll checkpoints --list      (the notebooks' committed cpu-tier fine-tunes)
 
 Every command prints ACC / ECE / NLL / Brier and writes JSON (``compare`` also writes
 ``report.html`` with reliability diagrams). Errors in arguments, data or checkpoints are
@@ -87,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--ood", default=None,
                          help="comma-separated OOD tasks, or 'obqa' for the OBQA -> ARC-C, "
                               "ARC-E, MMLU protocol (needs --task obqa)")
+
+    made = commands.add_parser(
+        "checkpoints", help="train the notebooks' fine-tunes and commit them (load-or-train)",
+        description="Train every fine-tune that the notebooks end with (polar_vbll.pretrained."
+                    "course_runs) at --profile (default cpu) and write one checkpoint folder per "
+                    "run into --out (default: the package's trained/ folder, which the notebooks "
+                    "load from). Runs that already have a checkpoint are kept unless --retrain; "
+                    "checkpoints that no run produces any more are removed.")
+    made.add_argument("--profile", choices=list(profiles.PROFILES), default="cpu",
+                      help="run size (default cpu: the tier whose checkpoints are committed)")
+    made.add_argument("--out", default=None, help="checkpoint folder (default: polar_vbll/trained)")
+    made.add_argument("--only", default=None, metavar="METHODS",
+                      help="comma-separated methods to (re)train, e.g. mle,polar (default: all)")
+    made.add_argument("--retrain", action="store_true", help="retrain runs that have a checkpoint")
+    made.add_argument("--list", action="store_true", help="list the runs and their status only")
+    made.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -178,9 +195,56 @@ def run_compare(args) -> int:
     return 0
 
 
+def run_checkpoints(args) -> int:
+    import shutil
+
+    from polar_vbll import evaluation, pretrained
+    from polar_vbll.checkpoints import ensure_writable_folder
+
+    folder = Path(args.out) if args.out else pretrained.FOLDER
+    runs = pretrained.course_runs(args.profile)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        unknown = wanted - {run.method for run in runs}
+        if unknown:
+            raise ConfigError(f"--only: no course run uses {sorted(unknown)}; the runs use "
+                              f"{sorted({run.method for run in runs})}")
+        runs = [run for run in runs if run.method in wanted]
+    for run in runs:
+        path = folder / run.folder_name
+        status = "committed" if (path / "run.json").is_file() else "missing"
+        size = sum(f.stat().st_size for f in path.glob("*")) if path.is_dir() else 0
+        print(f"{status:>9}  {run.folder_name:<48} {size / 1e6:6.2f} MB")
+    if args.list:
+        total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        print(f"{len(pretrained.committed(folder))} checkpoints, {total / 1e6:.2f} MB in {folder}")
+        return 0
+    ensure_writable_folder(folder)
+    if args.retrain:
+        for run in runs:
+            shutil.rmtree(folder / run.folder_name, ignore_errors=True)
+    groups: dict = {}  # one compare per (task, options, ood): post-hoc methods reuse its mle
+    for run in runs:
+        key = (run.task, tuple(sorted(run.options.items())), run.ood)
+        groups.setdefault(key, []).append(run.method)
+    for (task, options, ood), names in groups.items():
+        print(f"== {task}{' ' + str(dict(options)) if options else ''}: {', '.join(names)}")
+        evaluation.compare(task, names, profile=args.profile, ood=list(ood) or None,
+                           progress=not args.no_progress, method_options=dict(options),
+                           pretrained=True, checkpoint_folder=folder, save_checkpoints=folder)
+    keep = {run.folder_name for run in pretrained.course_runs(args.profile)}
+    for path in pretrained.committed(folder):
+        if path.name not in keep and pretrained.stale_reason(path):
+            shutil.rmtree(path)
+            print(f"removed {path.name}: no course run produces it any more")
+    print(f"wrote {pretrained.write_index(folder)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"eval": run_eval, "finetune": run_finetune, "compare": run_compare}
+    handlers = {"eval": run_eval, "finetune": run_finetune, "compare": run_compare,
+                "checkpoints": run_checkpoints}
     try:
         return handlers[args.command](args)
     except PolarVBLLError as error:

@@ -67,8 +67,19 @@ def load_splits(task: str, profile: Profile, ood: list[str]) -> dict:
 
 def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
             model_name: str = models.SMOLLM2, seed: int = 0, progress: bool = True,
-            out: str | Path | None = None, method_options: dict | None = None) -> dict:
-    """Fit every method on ``task`` and evaluate it on the test split and the OOD tasks."""
+            out: str | Path | None = None, method_options: dict | None = None,
+            pretrained: bool = False, checkpoint_folder: str | Path | None = None,
+            save_checkpoints: str | Path | None = None, say=print) -> dict:
+    """Fit every method on ``task`` and evaluate it on the test split and the OOD tasks.
+
+    ``pretrained``: load a method's committed checkpoint when one matches its run
+    (:func:`polar_vbll.pretrained.fit_or_load`; the notebooks do this), else train it.
+    ``checkpoint_folder``: where to look (default ``polar_vbll/trained``).
+    ``save_checkpoints``: write every trained run there as a checkpoint (``polar-vbll
+    checkpoints``).
+    """
+    from polar_vbll import pretrained as pretrained_lib
+
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
     if not names:
@@ -78,41 +89,47 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
     ood_tasks = resolve_ood(task, ood)
     if out is not None:
         ensure_writable_folder(Path(out))
-    splits = load_splits(task, profile, ood_tasks)
-    datasets = [task] + ood_tasks
+    splits = None  # loaded when the first method is trained here
     head_form = (method_options or {}).get("head_form") or profile.head_form
     results = {"task": task, "ood": ood_tasks, "profile": profile.to_dict(),
                "head_form": head_form, "model": model_name, "seed": seed, "methods": {}}
     fitted = {}  # name -> fitted_state(): temperature and laplace start from the fitted mle
     for name in names:
-        start = time.perf_counter()
-        method = make_method(name, profile=profile, model_name=model_name, seed=seed,
-                             progress=progress, **(method_options or {}))
-        base = _post_hoc_base(method)
-        method.fit(splits["train"], splits["validation"], fitted_base=fitted.get(base))
-        fit_seconds = time.perf_counter() - start
-        if name in ("mle", "polar"):
-            fitted[name] = method.fitted_state()
-        entry = {"metrics": {}, "records": {}, "seconds_per_example": {},
-                 "fit_seconds": fit_seconds, "history": method.history,
-                 "reused_fit_of": base if base in fitted else None}
-        for dataset in datasets:
-            record = method.predict(splits[dataset])
-            entry["records"][dataset] = record
-            entry["metrics"][dataset] = metrics.summarize(record["probs"], record["labels"])
-            entry["seconds_per_example"][dataset] = record["seconds_per_example"]
+        run = pretrained_lib.Run(name, task, profile, seed, model_name,
+                                 dict(method_options or {}), tuple(ood_tasks))
+        shown, path = (pretrained_lib.choose(run, say, checkpoint_folder) if pretrained
+                       else (run, None))
+        if path is not None:
+            result = pretrained_lib.load_and_say(shown, path, say)
+        else:
+            splits = splits or load_splits(task, profile, ood_tasks)
+            base = _post_hoc_base(name, method_options)
+            if base and base not in fitted and pretrained:  # start from the committed base run
+                base_path = pretrained_lib.find(run.replace(method=base), checkpoint_folder)[0]
+                if base_path is not None:
+                    fitted[base] = pretrained_lib.load(base_path).method.fitted_state()
+            result = pretrained_lib.train(run, splits, fitted.get(base), progress, say)
+            if name in ("mle", "polar"):
+                fitted[name] = result.method.fitted_state()
+            if save_checkpoints is not None:
+                saved = pretrained_lib.save(result, result.method, save_checkpoints,
+                                            command="polar-vbll checkpoints")
+                say(f"{run.label}: saved {saved}")
+        entry = result.entry()
+        entry["profile"] = result.profile.name
+        entry["reused_fit_of"] = _post_hoc_base(name, method_options)
         results["methods"][name] = entry
-        del method
+        del result  # frees the method (the next one loads its own copy of the model)
         if out is not None:  # after every method: a long comparison cut short loses nothing
             write_results(results, out)
     return results
 
 
-def _post_hoc_base(method) -> str | None:
+def _post_hoc_base(name: str, method_options: dict | None) -> str | None:
     """The method whose fit a post-hoc method adds its step to (None for the others)."""
-    if not method.spec.post_hoc:
+    if not get_spec(name).post_hoc:
         return None
-    return "polar" if method.spec.adapter == "polar" else "mle"
+    return "polar" if (method_options or {}).get("laplace_base") == "polar" else "mle"
 
 
 def to_json(results: dict, keep_probabilities: bool = True) -> dict:

@@ -1,0 +1,456 @@
+"""Load-or-train: the course's fine-tunes, trained once at the ``cpu`` tier and committed.
+
+Every notebook ends with a real fine-tune. Trained at the ``cpu`` tier it takes minutes; the
+``smoke`` tier (CI, the published book) can only afford a few optimizer steps, which show
+nothing. So ``polar-vbll checkpoints`` trains every fine-tune that the notebooks end with, at the
+``cpu`` tier, and writes one small folder per run into :data:`FOLDER` (committed with the
+package). A notebook then asks :func:`fit_or_load` for its run:
+
+* a committed checkpoint whose configuration equals the run's (its **key**, a hash of that
+  configuration: method, options, task, OOD tasks, model, seed, every profile field) is
+  *loaded*: adapters, head, training history and the recorded predictions;
+* otherwise the run is *trained* here, at the notebook's profile, and nothing is written;
+* ``POLAR_VBLL_RETRAIN=1`` always trains;
+* in the ``smoke`` tier the committed ``cpu``-tier run is shown when there is one, so that a
+  smoke-tier notebook (and the book) shows a fine-tune worth looking at.
+
+A checkpoint made with a configuration the code no longer produces (say a profile changed) is
+*stale*: it is reported by name, with the fields that differ, and never used.
+``tests/test_pretrained.py`` re-evaluates every committed checkpoint and requires the recorded
+metrics (accuracy exactly, ECE and NLL to 1e-6) and that none is stale.
+
+A checkpoint folder, ``<method>-<task>-<key>/``::
+
+    config.json, state.json, adapters.safetensors, head.safetensors, ...   (Method.save)
+    run.json                 the run, its key, metrics, fit time, provenance (command, commit,
+                             date, machine)
+    predictions.safetensors  per dataset: probs, labels, mask (and logits, sample_logits for the
+                             in-distribution test set when the method has them); under check/,
+                             the predictions on the first CHECK_QUESTIONS questions of each test
+                             set made on their own, from a fresh feature cache, as the test does
+
+Why a separate check prediction: the frozen lower layers run their rows in batches sorted by
+length, so the hidden states of a question differ in the last float bits (~1e-6 in a probability)
+depending on which other questions were batched with it. A prefix predicted on its own is exactly
+reproducible; the test also requires it to be within 1e-5 of the full run's predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from polar_vbll import models
+from polar_vbll.checkpoints import atomic_write_text
+from polar_vbll.errors import CheckpointError, ConfigError
+from polar_vbll.profiles import Profile, get_profile
+
+FOLDER = Path(__file__).resolve().parent / "trained"
+RETRAIN_ENV = "POLAR_VBLL_RETRAIN"
+COMMITTED_TIER = "cpu"  # the tier whose runs are committed
+CHECK_QUESTIONS = 16  # the prefix of each test set that tests/test_pretrained.py re-evaluates
+FORMAT_VERSION = 1  # bump when what a checkpoint holds, or how a run is trained, changes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fine-tune: a method trained on ``task`` and evaluated on its test split (and ``ood``)."""
+
+    method: str
+    task: str
+    profile: Profile
+    seed: int = 0
+    model: str = models.SMOLLM2
+    options: dict = field(default_factory=dict)  # make_method options, e.g. stiefel_method
+    ood: tuple = ()
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.task, *self.ood]
+
+    def config(self) -> dict:
+        """Everything the result depends on, as JSON: the key is a hash of it."""
+        return {"format": FORMAT_VERSION, "method": self.method, "task": self.task,
+                "ood": list(self.ood), "model": self.model, "seed": self.seed,
+                "options": {k: v for k, v in sorted(self.options.items()) if v is not None},
+                "profile": self.profile.to_dict()}
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.config(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """A readable name: the method and its non-default options, e.g. 'polar (geoopt)'."""
+        extra = ", ".join(str(v) for _, v in sorted(self.options.items()) if v is not None)
+        return f"{self.method} ({extra})" if extra else self.method
+
+    @property
+    def folder_name(self) -> str:
+        options = "".join(f"-{v}" for _, v in sorted(self.options.items()) if v is not None)
+        return f"{self.method}{options}-{self.task}-{self.key}"
+
+    def at(self, profile: Profile) -> "Run":
+        return self.replace(profile=profile)
+
+    def replace(self, **changes) -> "Run":
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- the course's runs
+
+ARC, OBQA = "arc_easy", "obqa"
+NINE_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
+                "temperature", "laplace")
+OOD_METHODS = ("zero_shot", "mle", "lora_vbll", "polar_vbll", "temperature", "laplace")
+
+
+def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[Run]:
+    """Every fine-tune the notebooks end with (what ``polar-vbll checkpoints`` trains).
+
+    00, 01: mle. 02: mle, polar. 03: polar trained three ways. 04: lora_vbll. 05: zero_shot and
+    the nine methods on ARC-Easy; six of them trained on OpenBookQA and tested out of
+    distribution. Runs that two notebooks share (mle, polar) are one checkpoint.
+    """
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    runs = [Run(name, ARC, profile, seed) for name in ("zero_shot", *NINE_METHODS)]
+    runs += [Run("polar", ARC, profile, seed, options={"stiefel_method": how})
+             for how in ("geoopt", "retraction")]
+    from polar_vbll.evaluation import OOD_PROTOCOL
+
+    runs += [Run(name, OBQA, profile, seed, ood=OOD_PROTOCOL) for name in OOD_METHODS]
+    return runs
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+
+def retrain_requested() -> bool:
+    return os.environ.get(RETRAIN_ENV, "").strip() not in ("", "0", "false", "False")
+
+
+def committed(folder: Path | None = None) -> list[Path]:
+    """Every checkpoint folder under ``folder`` (default :data:`FOLDER`), sorted."""
+    folder = Path(folder or FOLDER)
+    return sorted(p.parent for p in folder.glob("*/run.json"))
+
+
+def read_run(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}/run.json cannot be read ({error}); run "
+                              "`polar-vbll checkpoints` to rewrite it") from None
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(f"{prefix}{name}: {a!r} -> {b!r}")
+    return out
+
+
+def stale_reason(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` no longer matches the code (None when it does)."""
+    recorded = read_run(path)
+    config = recorded.get("config", {})
+    try:
+        profile = get_profile(config.get("profile", {}).get("name"))
+    except ConfigError as error:
+        return str(error)
+    run = Run(config["method"], config["task"], profile, config["seed"], config["model"],
+              config.get("options", {}), tuple(config.get("ood", ())))
+    differences = _differences(config, run.config())
+    if not differences:
+        return None
+    return (f"checkpoint {Path(path).name} is stale: the code now gives " + "; ".join(differences)
+            + ". Run `polar-vbll checkpoints` (or `make checkpoints`) to retrain it")
+
+
+def find(run: Run, folder: Path | None = None) -> tuple[Path | None, list[str]]:
+    """The checkpoint folder of ``run`` (or None) and messages about stale look-alikes."""
+    folder = Path(folder or FOLDER)
+    exact = folder / run.folder_name
+    if (exact / "run.json").is_file():
+        return exact, []
+    prefix = run.folder_name.rsplit("-", 1)[0] + "-"
+    reasons = [stale_reason(p) for p in committed(folder) if p.name.startswith(prefix)]
+    return None, [reason for reason in reasons if reason]  # fresh runs of other tiers are fine
+
+
+# --------------------------------------------------------------------------- a fitted run
+
+@dataclass
+class Fitted:
+    """A run's result: per-dataset records and metrics, history; the method itself on demand."""
+
+    run: Run
+    records: dict
+    metrics: dict
+    history: list
+    fit_seconds: float
+    seconds_per_example: dict
+    loaded_from: Path | None = None  # None: trained in this process
+    _method: object = None
+    check: dict = field(default_factory=dict)  # {dataset: {"probs", "labels"}} (see module doc)
+
+    @property
+    def method(self):
+        """The fitted :class:`~polar_vbll.methods.Method` (loaded from the checkpoint if needed)."""
+        if self._method is None:
+            from polar_vbll.methods import Method
+
+            self._method = Method.load(self.loaded_from, progress=False)
+        return self._method
+
+    @property
+    def profile(self) -> Profile:
+        return self.run.profile
+
+    def entry(self) -> dict:
+        """What ``evaluation.compare`` keeps per method."""
+        return {"metrics": self.metrics, "records": self.records,
+                "seconds_per_example": self.seconds_per_example,
+                "fit_seconds": self.fit_seconds, "history": self.history,
+                "loaded_from": self.loaded_from.name if self.loaded_from else None}
+
+
+def _record_tensors(records: dict, task: str) -> dict:
+    tensors = {}
+    for dataset, record in records.items():
+        keys = ["probs", "labels", "mask"] + (["logits", "sample_logits"] if dataset == task
+                                               else [])
+        for key in keys:
+            if isinstance(record.get(key), torch.Tensor):
+                tensors[f"{dataset}/{key}"] = record[key]
+    return tensors
+
+
+def load(path: Path, run: Run | None = None) -> Fitted:
+    """The :class:`Fitted` stored at ``path`` (its method is loaded when first used)."""
+    from safetensors.torch import load_file
+
+    from polar_vbll.profiles import Profile as ProfileType
+
+    recorded = read_run(path)
+    config = recorded["config"]
+    if run is None:
+        run = Run(config["method"], config["task"], ProfileType(**config["profile"]),
+                  config["seed"], config["model"], config.get("options", {}),
+                  tuple(config.get("ood", ())))
+    try:
+        tensors = load_file(str(Path(path) / "predictions.safetensors"))
+    except (OSError, Exception) as error:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}/predictions.safetensors cannot be read ({error}); run "
+                              "`polar-vbll checkpoints` to rewrite it") from None
+    records, check = {}, {}
+    for name, tensor in tensors.items():
+        if name.startswith("check/"):
+            _, dataset, key = name.split("/", 2)
+            check.setdefault(dataset, {})[key] = tensor
+            continue
+        dataset, key = name.split("/", 1)
+        records.setdefault(dataset, {})[key] = tensor
+    missing = [d for d in run.datasets if d not in records]
+    if missing:
+        raise CheckpointError(f"{path}/predictions.safetensors lacks {missing}")
+    for dataset, record in records.items():
+        record["seconds_per_example"] = recorded["seconds_per_example"][dataset]
+    return Fitted(run, records, recorded["metrics"], recorded["history"],
+                  recorded["fit_seconds"], recorded["seconds_per_example"], Path(path),
+                  check=check)
+
+
+def save(fitted: Fitted, method, folder: Path | None = None, command: str = "") -> Path:
+    """Write ``fitted`` (and its fitted ``method``) as a checkpoint folder; returns it."""
+    from safetensors.torch import save_file
+
+    from polar_vbll import metrics
+
+    path = Path(folder or FOLDER) / fitted.run.folder_name
+    method.save(path)
+    check = check_predictions(method, fitted.run)
+    tensors = _record_tensors(fitted.records, fitted.run.task)
+    for dataset, record in check.items():
+        for key in ("probs", "labels"):
+            tensors[f"check/{dataset}/{key}"] = record[key]
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+              str(path / "predictions.safetensors"))
+    check_metrics = {dataset: metrics.summarize(record["probs"], record["labels"])
+                     for dataset, record in check.items()}
+    record = {"key": fitted.run.key, "config": fitted.run.config(), "metrics": fitted.metrics,
+              "check": {"questions": CHECK_QUESTIONS, "metrics": check_metrics},
+              "fit_seconds": fitted.fit_seconds,
+              "seconds_per_example": fitted.seconds_per_example,
+              "history": fitted.history, "provenance": provenance(command)}
+    atomic_write_text(path / "run.json", json.dumps(record, indent=1))
+    return path
+
+
+def check_predictions(method, run: Run, questions: int = CHECK_QUESTIONS,
+                      cache_folder: Path | None = None) -> dict:
+    """{dataset: prediction record} on the first ``questions`` questions of each test set of
+    ``run``, predicted on their own (module doc). The frozen layers' states of those questions
+    come from ``cache_folder``, a feature-cache folder that only this function writes to
+    (default: a fresh temporary one), so they are always computed the same way."""
+    import tempfile
+
+    cache = getattr(method.form, "cache", None)
+    sets = evaluation_questions(run)
+    if cache is None:
+        return {dataset: method.predict(sets[dataset][:questions]) for dataset in run.datasets}
+    store, folder = cache.store, cache.folder
+    with tempfile.TemporaryDirectory() as temporary:
+        cache.store, cache.folder = {}, Path(cache_folder or temporary)
+        try:
+            return {dataset: method.predict(sets[dataset][:questions]) for dataset in run.datasets}
+        finally:
+            cache.store, cache.folder = store, folder
+
+
+def evaluation_questions(run: Run) -> dict:
+    """{dataset: questions} that ``run`` is evaluated on, at its profile's sizes."""
+    from polar_vbll import evaluation
+
+    splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
+    return {dataset: splits[dataset] for dataset in run.datasets}
+
+
+def write_index(folder: Path | None = None) -> Path:
+    """``README.md`` in ``folder``: what each checkpoint is, its metrics and who made it."""
+    folder = Path(folder or FOLDER)
+    lines = ["# Committed fine-tunes (load-or-train)", "",
+             "Written by `polar-vbll checkpoints` (`make checkpoints`); do not edit. Each folder is "
+             "one run of `polar_vbll.pretrained.course_runs()`, named `<method>[-<options>]-<task>-"
+             "<key>` where the key is a hash of the run's whole configuration (`Run.config()`). "
+             "`run.json` holds the configuration, the metrics, the training history and the "
+             "provenance below; the notebooks load these with `pretrained.fit_or_load`, and "
+             "`tests/test_pretrained.py` re-evaluates each one.", "",
+             "| checkpoint | profile | steps | test set | ACC % | ECE % | NLL | fit s | commit | date | machine | size |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    total = 0
+    for path in committed(folder):
+        record = read_run(path)
+        config, made = record["config"], record["provenance"]
+        summary = record["metrics"][config["task"]]
+        size = sum(f.stat().st_size for f in path.glob("*") if f.is_file())
+        total += size
+        commit = made["commit"][:10] + (" (+ changes)" if made.get("uncommitted_changes") else "")
+        lines.append(
+            f"| `{path.name}` | {config['profile']['name']} | {config['profile']['steps']} | "
+            f"{config['task']} ({len(config['ood'])} OOD) | {100 * summary['accuracy']:.1f} | "
+            f"{100 * summary['ece']:.1f} | {summary['nll']:.3f} | {record['fit_seconds']:.0f} | "
+            f"{commit} | {made['date']} | {made['machine']} | {size / 1e3:.0f} kB |")
+    lines += ["", f"{len(committed(folder))} checkpoints, {total / 1e6:.2f} MB in all.", ""]
+    path = folder / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def provenance(command: str) -> dict:
+    """Who made a checkpoint: command, commit, date, machine."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return {"command": command, "commit": commit or "unknown",
+            "uncommitted_changes": bool(dirty.strip()),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                       f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+# --------------------------------------------------------------------------- load or train
+
+def choose(run: Run, say=print, folder: Path | None = None) -> tuple[Run, Path | None]:
+    """Which run to show and where its checkpoint is (None: train ``run`` here)."""
+    if retrain_requested():
+        say(f"{run.label}: {RETRAIN_ENV} is set, training at the {run.profile.name} profile")
+        return run, None
+    candidates = [run]
+    if run.profile.name == "smoke":  # the smoke tier shows the committed cpu-tier run
+        candidates.insert(0, run.at(get_profile(COMMITTED_TIER)))
+    messages = []
+    for candidate in candidates:
+        path, stale = find(candidate, folder)
+        messages += stale
+        if path is not None:
+            return candidate, path
+    for message in messages:
+        say(f"{run.label}: {message}")
+    return run, None
+
+
+def fit_or_load(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
+                progress: bool = True, say=print, folder: Path | None = None) -> Fitted:
+    """Load the committed checkpoint of ``run`` if there is one (see the module docstring),
+    else :func:`train` it here.
+
+    ``splits``: the profile's splits when the caller already has them (``evaluation.load_splits``);
+    ``fitted_base``: for temperature and laplace, the fitted state of the mle (or polar) they
+    start from (see ``Method.fit``).
+    """
+    shown, path = choose(run, say, folder)
+    if path is not None:
+        return load_and_say(shown, path, say)
+    return train(run, splits, fitted_base, progress, say)
+
+
+def load_and_say(run: Run, path: Path, say=print) -> Fitted:
+    """:func:`load`, and say what was loaded and how to train it instead."""
+    fitted = load(path, run)
+    made = read_run(path)["provenance"]
+    say(f"{run.label}: loaded the committed {run.profile.name}-profile checkpoint {path.name} "
+        f"({run.profile.steps} steps on {run.profile.train_examples} {run.task} questions; made "
+        f"{made['date'][:10]} by `{made['command']}` at commit {made['commit'][:10]}). "
+        f"{RETRAIN_ENV}=1 trains it here instead.")
+    return fitted
+
+
+def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
+          progress: bool = True, say=print) -> Fitted:
+    """Fit ``run`` on its train split and predict its test split and OOD sets (nothing is saved)."""
+    from polar_vbll import evaluation, metrics
+    from polar_vbll.methods import make_method
+
+    if splits is None:
+        splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
+    start = time.perf_counter()
+    method = make_method(run.method, profile=run.profile, model_name=run.model, seed=run.seed,
+                         progress=progress, **run.options)
+    method.fit(splits["train"], splits["validation"], fitted_base=fitted_base)
+    fit_seconds = time.perf_counter() - start
+    records, summaries, seconds = {}, {}, {}
+    for dataset in run.datasets:
+        record = method.predict(splits[dataset])
+        records[dataset] = record
+        summaries[dataset] = metrics.summarize(record["probs"], record["labels"])
+        seconds[dataset] = record["seconds_per_example"]
+    say(f"{run.label}: trained here at the {run.profile.name} profile ({run.profile.steps} steps "
+        f"on {len(splits['train'])} {run.task} questions, {fit_seconds:.0f} s)")
+    return Fitted(run, records, summaries, list(method.history), fit_seconds, seconds,
+                  None, method)
+
+
+__all__ = ["COMMITTED_TIER", "FOLDER", "Fitted", "RETRAIN_ENV", "Run", "choose", "committed",
+           "check_predictions", "course_runs", "evaluation_questions", "find", "fit_or_load", "load", "load_and_say", "provenance",
+           "read_run", "retrain_requested", "save", "stale_reason", "train", "write_index"]

@@ -1,0 +1,172 @@
+"""Load-or-train (polar_vbll.pretrained): keys, save/load, staleness, and the committed checkpoints.
+
+The last test re-evaluates every committed ``cpu``-tier checkpoint with the real SmolLM2-135M on
+the first ``pretrained.CHECK_QUESTIONS`` (16, one evaluation batch) questions of each of its test
+sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the metrics must equal
+the recorded ones (accuracy exactly, ECE and NLL to 1e-6), and those predictions must be within
+1e-5 of the same questions' predictions in the full recorded run.
+"""
+
+import json
+
+import pytest
+import torch
+
+from polar_vbll import metrics, models, pretrained
+from polar_vbll.errors import CheckpointError
+from polar_vbll.methods import Method
+from polar_vbll.profiles import get_profile
+
+SMOKE = get_profile("smoke")
+TINY_RUN = pretrained.Run("mle", "arc_easy", SMOKE, seed=0, model=models.TINY)
+
+
+def test_the_key_follows_every_part_of_the_configuration():
+    keys = {TINY_RUN.key}
+    changed = [TINY_RUN.replace(method="polar"), TINY_RUN.replace(task="obqa"),
+               TINY_RUN.replace(seed=1), TINY_RUN.replace(model=models.SMOLLM2),
+               TINY_RUN.replace(options={"stiefel_method": "geoopt"}),
+               TINY_RUN.replace(ood=("arc_challenge",)),
+               TINY_RUN.replace(profile=SMOKE.with_overrides(steps=5)),
+               TINY_RUN.replace(profile=SMOKE.with_overrides(score_feature=0.0))]
+    for run in changed:
+        keys.add(run.key)
+    assert len(keys) == len(changed) + 1
+    # options left at None (e.g. --head-form not given) are not part of the configuration
+    assert TINY_RUN.replace(options={"head_form": None}).key == TINY_RUN.key
+    assert TINY_RUN.key == pretrained.Run("mle", "arc_easy", get_profile("smoke"), 0,
+                                          models.TINY).key  # stable, not id()-based
+    assert TINY_RUN.folder_name == f"mle-arc_easy-{TINY_RUN.key}"
+
+
+def test_course_runs_cover_every_notebook_fine_tune_once():
+    runs = pretrained.course_runs()
+    names = [run.folder_name for run in runs]
+    assert len(names) == len(set(names))
+    assert {run.profile.name for run in runs} == {"cpu"}
+    arc = {run.label for run in runs if run.task == "arc_easy"}
+    assert {"zero_shot", "mle", "polar", "lora_vbll", "polar_vbll", "polar (geoopt)",
+            "polar (retraction)"} <= arc
+    assert all(run.ood for run in runs if run.task == "obqa")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """TINY_RUN trained and saved in a temporary folder: (folder, Fitted, checkpoint path)."""
+    folder = tmp_path_factory.mktemp("trained")
+    fitted = pretrained.train(TINY_RUN, progress=False, say=lambda message: None)
+    path = pretrained.save(fitted, fitted.method, folder, command="pytest")
+    return folder, fitted, path
+
+
+def test_a_saved_run_loads_with_its_predictions_history_and_method(saved):
+    folder, fitted, path = saved
+    said = []
+    loaded = pretrained.fit_or_load(TINY_RUN, say=said.append, folder=folder)
+    assert loaded.loaded_from == path and "loaded the committed smoke-profile checkpoint" in said[0]
+    record, original = loaded.records["arc_easy"], fitted.records["arc_easy"]
+    for key in ("probs", "labels", "mask", "logits"):
+        torch.testing.assert_close(record[key], original[key], atol=0, rtol=0)
+    assert loaded.metrics == json.loads(json.dumps(fitted.metrics))
+    assert [h["loss"] for h in loaded.history] == [h["loss"] for h in fitted.history]
+    assert loaded.method.rank_history.keys() == fitted.method.rank_history.keys()
+    again = loaded.method.predict(pretrained.evaluation_questions(TINY_RUN)["arc_easy"])
+    torch.testing.assert_close(again["probs"], original["probs"], atol=1e-6, rtol=0)
+    provenance = pretrained.read_run(path)["provenance"]
+    assert provenance["command"] == "pytest" and provenance["date"] and provenance["machine"]
+
+
+def test_retrain_and_a_changed_profile_train_instead_of_loading(saved, monkeypatch):
+    folder, _, _ = saved
+    said = []
+    monkeypatch.setenv(pretrained.RETRAIN_ENV, "1")
+    assert pretrained.choose(TINY_RUN, said.append, folder) == (TINY_RUN, None)
+    assert pretrained.RETRAIN_ENV in said[0]
+    monkeypatch.delenv(pretrained.RETRAIN_ENV)
+    other = TINY_RUN.replace(profile=SMOKE.with_overrides(steps=3))
+    assert pretrained.choose(other, said.append, folder) == (other, None)
+
+
+def test_a_stale_checkpoint_is_reported_and_never_used(saved, tmp_path):
+    _, _, path = saved
+    import shutil
+
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["config"]["profile"]["steps"] = 99  # as if the smoke profile had changed since
+    (copy / "run.json").write_text(json.dumps(record))
+    reason = pretrained.stale_reason(copy)
+    assert "stale" in reason and "profile.steps: 99 -> 4" in reason and "polar-vbll checkpoints" in reason
+    stale_run = TINY_RUN.replace(profile=SMOKE.with_overrides(steps=99))
+    (copy).rename(tmp_path / stale_run.folder_name)
+    said = []
+    assert pretrained.choose(TINY_RUN, said.append, tmp_path) == (TINY_RUN, None)
+    assert any("is stale" in message for message in said)
+
+
+def test_the_smoke_tier_shows_the_committed_cpu_run_when_there_is_one(saved, tmp_path):
+    _, fitted, _ = saved
+    cpu_run = TINY_RUN.at(get_profile("cpu"))
+    as_if_cpu = pretrained.Fitted(cpu_run, fitted.records, fitted.metrics, fitted.history,
+                                  fitted.fit_seconds, fitted.seconds_per_example)
+    pretrained.save(as_if_cpu, fitted.method, tmp_path, command="pytest")
+    shown, path = pretrained.choose(TINY_RUN, print, tmp_path)
+    assert shown == cpu_run and path == tmp_path / cpu_run.folder_name
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(saved, tmp_path):
+    _, _, path = saved
+    import shutil
+
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    (copy / "predictions.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="predictions.safetensors cannot be read"):
+        pretrained.load(copy)
+    (copy / "run.json").write_text("{")
+    with pytest.raises(CheckpointError, match="run.json cannot be read"):
+        pretrained.read_run(copy)
+
+
+COMMITTED = pretrained.committed()
+
+
+def test_the_committed_checkpoints_are_fresh_and_small():
+    assert COMMITTED, f"no committed checkpoints in {pretrained.FOLDER}; run `make checkpoints`"
+    expected = {run.folder_name for run in pretrained.course_runs()}
+    assert {path.name for path in COMMITTED} == expected, "run `make checkpoints`"
+    for path in COMMITTED:
+        assert pretrained.stale_reason(path) is None, pretrained.stale_reason(path)
+    total = sum(f.stat().st_size for f in pretrained.FOLDER.rglob("*") if f.is_file())
+    assert total < 20e6, f"the committed checkpoints take {total / 1e6:.1f} MB (aim: <= 20 MB)"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[path.name for path in COMMITTED])
+def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
+    fitted = pretrained.load(path)
+    recorded = pretrained.read_run(path)
+    for dataset, summary in fitted.metrics.items():  # the record is self-consistent ...
+        record = fitted.records[dataset]
+        recomputed = metrics.summarize(record["probs"], record["labels"])
+        assert recomputed["accuracy"] == summary["accuracy"]
+        assert abs(recomputed["ece"] - summary["ece"]) < 1e-6
+        assert abs(recomputed["nll"] - summary["nll"]) < 1e-6
+    questions = recorded["check"]["questions"]
+    method = Method.load(path, progress=False)
+    # ... and reproduced (the check questions' frozen-layer states are shared by every checkpoint
+    # through a folder that only check_predictions uses, so they are computed once per test run)
+    again = pretrained.check_predictions(method, fitted.run, questions,
+                                         cache_folder=models.cache_dir() / "check_features")
+    for dataset in fitted.run.datasets:
+        check, full = fitted.check[dataset], fitted.records[dataset]
+        mine = metrics.summarize(again[dataset]["probs"], again[dataset]["labels"])
+        theirs = recorded["check"]["metrics"][dataset]
+        assert torch.equal(again[dataset]["labels"], check["labels"])
+        assert torch.equal(check["labels"], full["labels"][:questions])
+        assert mine["accuracy"] == theirs["accuracy"], (dataset, mine, theirs)
+        assert abs(mine["ece"] - theirs["ece"]) < 1e-6, (dataset, mine, theirs)
+        assert abs(mine["nll"] - theirs["nll"]) < 1e-6, (dataset, mine, theirs)
+        torch.testing.assert_close(again[dataset]["probs"], check["probs"], atol=1e-6, rtol=0)
+        # the prefix alone, against the same questions inside the full recorded run
+        torch.testing.assert_close(check["probs"], full["probs"][:questions], atol=1e-5, rtol=0)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polar_vbll import adapters, checks, data, linalg, methods, metrics, viz, widgets
+from polar_vbll import adapters, checks, data, linalg, methods, metrics, pretrained, viz, widgets
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)  # every random tensor below draws from this
@@ -324,14 +324,22 @@ print(f"stable rank of the full-weight gradient G on one batch of {profile.batch
 # %% [markdown]
 # Now train. Every `profile.log_every` steps the trainer records `adapters.rank_report` (stable rank and
 # singular values of every $\Delta W$, computed from an $r \times r$ core, never from the dense matrix).
+#
+# **Load or train** (notebook 00, section 7): `pretrained.fit_or_load` loads the committed
+# `cpu`-tier fine-tune whose configuration is exactly this run's (in the `smoke` tier: the `cpu`-tier
+# run), with its training history and its rank reports, and trains here otherwise; the printed line
+# says which. `POLAR_VBLL_RETRAIN=1` trains here (about 4 minutes in the `cpu` tier). The fitted model
+# is `fitted.method`: the same kind of object as `method` above, with trained adapters.
 
 # %%
-method.fit(train, validation)
-report = adapters.rank_report(method.adapters)
+fitted = pretrained.fit_or_load(pretrained.Run("mle", "arc_easy", profile, SEED))
+trained, final_profile = fitted.method, fitted.profile
+names = list(trained.adapters)
+report = adapters.rank_report(trained.adapters)
 stable_ranks = np.array([report[name]["stable_rank"] for name in names])
-print(f"after {method.trainer.state.step} steps at rank r = {profile.rank}: stable rank of Delta W over "
-      f"{len(names)} adapted matrices: mean {stable_ranks.mean():.2f}, median {np.median(stable_ranks):.2f}, min {stable_ranks.min():.2f}, "
-      f"max {stable_ranks.max():.2f}")
+print(f"after {len(fitted.history)} steps at rank r = {final_profile.rank} ({final_profile.name} profile): "
+      f"stable rank of Delta W over {len(names)} adapted matrices: mean {stable_ranks.mean():.2f}, "
+      f"median {np.median(stable_ranks):.2f}, min {stable_ranks.min():.2f}, max {stable_ranks.max():.2f}")
 for layer in adapted_layers:  # only the layers that have adapters
     row = {name.rsplit(".", 1)[-1]: report[name]["stable_rank"] for name in names
            if int(name.split(".")[2]) == layer}  # {'q_proj': ..., 'v_proj': ...}
@@ -349,7 +357,7 @@ viz.singular_value_spectrum({"mle": report})
 # $\Delta W = 0$, whose stable rank we define as 0, so the curve starts at the first logged step.
 
 # %%
-logged = [entry for entry in method.trainer.state.history if "stable_rank" in entry]
+logged = [entry for entry in fitted.history if "stable_rank" in entry]
 viz.stable_rank_over_training({"mle": logged}, per_module=True)
 
 # %% [markdown]
@@ -361,7 +369,7 @@ viz.stable_rank_over_training({"mle": logged}, per_module=True)
 
 # %%
 layer_name = names[len(names) // 2]
-adapter = method.adapters[layer_name]
+adapter = trained.adapters[layer_name]
 my_layer_stable_rank = None  # your code here
 
 # %% tags=["solution", "hide-input"]
@@ -379,10 +387,10 @@ checks.compare(f"stable rank of {layer_name}", my_layer_stable_rank, report[laye
 # model's probabilities are. The same calibration tools as in notebook 00, for this fine-tune:
 
 # %%
-record = method.predict(test)
+record = fitted.records["arc_easy"]  # the test predictions of the run (recorded when it was loaded)
 summary = metrics.summarize(record["probs"], record["labels"])
 mean_confidence = record["probs"].max(dim=1).values.mean().item()
-print(f"mle on {len(test)} test questions: accuracy {summary['accuracy']:.3f}, mean confidence "
+print(f"mle on {len(record['labels'])} test questions: accuracy {summary['accuracy']:.3f}, mean confidence "
       f"{mean_confidence:.3f}, ECE {summary['ece']:.3f}, NLL {summary['nll']:.3f}, Brier {summary['brier']:.3f}")
 widgets.calibration_explorer({"mle": {"arc_easy": record}})
 
@@ -394,7 +402,7 @@ viz.reliability_diagram({"mle": record}, slider_bins=[5, 10, 15, 20])
 # to see when the largest singular value takes over, and whether the others ever catch up.
 
 # %%
-widgets.spectrum_explorer(method.trainer.state.rank_history)
+widgets.spectrum_explorer(trained.rank_history)
 
 # %% [markdown]
 # ## What we saw

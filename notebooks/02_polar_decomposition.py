@@ -49,7 +49,7 @@ import math
 import torch
 from torch import nn
 
-from polar_vbll import adapters, checks, data, linalg, methods, metrics, viz, widgets
+from polar_vbll import adapters, checks, data, linalg, methods, metrics, pretrained, viz, widgets
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)  # every random matrix below draws from this
@@ -339,23 +339,28 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # on the same questions, skip them. PoLAR's core is `profile.polar_theta`: diagonal in the `smoke`
 # and `cpu` tiers, a full $r \times r$ matrix in the `gpu` tier (why: after the spectra below). Every
 # `log_every` steps the trainer records the stable rank of every $\Delta W$.
+#
+#
+# **Load or train** (notebook 00, section 7): each fine-tune below is the committed `cpu`-tier
+# checkpoint when one matches the run (in the `smoke` tier: the `cpu`-tier run), trained here
+# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (about 4 minutes each in the `cpu` tier).
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)
-test = data.load_task("arc_easy", "test", limit=profile.test_examples)
-print(f"{len(train)} train and {len(test)} test questions; rank {profile.rank}, {profile.steps} steps")
 print("one (question, choice) sequence:", repr(data.format_cloze_context(train[0]) + " " + train[0].choices[0]))
 
-fitted = {}
-for label, method_name in (("lora", "mle"), ("polar", "polar")):
-    fitted[label] = methods.make_method(method_name, profile=profile, seed=SEED, device=device)
-    fitted[label].fit(train)
+runs = {label: pretrained.fit_or_load(pretrained.Run(method_name, "arc_easy", profile, SEED))
+        for label, method_name in (("lora", "mle"), ("polar", "polar"))}
+fitted = {label: run.method for label, run in runs.items()}  # the fitted methods
+records = {label: run.records["arc_easy"] for label, run in runs.items()}  # probs (N, 5), labels (N,)
+final_profile = runs["polar"].profile
+print(f"{final_profile.name} profile: {final_profile.train_examples} train and {len(records['polar']['labels'])} "
+      f"test questions; rank {final_profile.rank}, {final_profile.steps} steps")
 adapted_layers = sorted({int(name.split(".layers.")[1].split(".")[0]) for name in fitted["lora"].adapters})
-print(f"adapters on {list(profile.target_modules)} of decoder layers {adapted_layers} "
-      f"(adapt_layers = {profile.adapt_layers}); PoLAR core Θ: {profile.polar_theta}; "
+print(f"adapters on {list(final_profile.target_modules)} of decoder layers {adapted_layers} "
+      f"(adapt_layers = {final_profile.adapt_layers}); PoLAR core Θ: {final_profile.polar_theta}; "
       f"head: {type(fitted['lora'].head).__name__}")
-records = {label: method.predict(test) for label, method in fitted.items()}  # probs (N, 5), labels (N,)
 for label, record in records.items():
     summary = metrics.summarize(record["probs"], record["labels"])
     print(f"{label:>5}: accuracy {100 * summary['accuracy']:.1f}%  ECE {100 * summary['ece']:.1f}%  "
@@ -391,7 +396,7 @@ mean_stable_rank = {label: sum(r["stable_rank"] for r in report.values()) / len(
                     for label, report in final_reports.items()}
 for label, value in mean_stable_rank.items():
     print(f"{label:>5}: mean stable rank of ΔW over {len(final_reports[label])} adapted layers = "
-          f"{value:.2f} (rank r = {profile.rank})")
+          f"{value:.2f} (rank r = {final_profile.rank})")
 
 # %% [markdown]
 # And the stable rank along training (the mean over layers; dotted lines are the single layers).
@@ -401,8 +406,8 @@ for label, value in mean_stable_rank.items():
 # mean stable rank and its accuracy with the ones printed above.
 
 # %%
-stable_rank_history = {label: [entry for entry in method.trainer.state.history if "stable_rank" in entry]
-                       for label, method in fitted.items()}
+stable_rank_history = {label: [entry for entry in run.history if "stable_rank" in entry]
+                       for label, run in runs.items()}
 viz.stable_rank_over_training(stable_rank_history, per_module=True)
 
 # %% [markdown]

@@ -49,7 +49,7 @@ import time
 
 import torch
 
-from polar_vbll import checks, data, linalg, methods, metrics, stiefel, viz, widgets
+from polar_vbll import checks, data, linalg, methods, metrics, pretrained, stiefel, viz, widgets
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)  # every random matrix below draws from this
@@ -403,25 +403,28 @@ figure
 # their core $\Theta$ is `profile.polar_theta` (diagonal in the `smoke` and `cpu` tiers, see notebook
 # 02). Only $X$ and $Y$ live on the Stiefel manifolds, so only they see the three methods.
 # Every `log_every` steps the trainer logs the largest $\|X^\top X - I\|_F$ over all adapted layers
-# (`"orthogonality_error"` in `method.trainer.state.history`).
+# (`"orthogonality_error"` in the run's `history`, one dict per step).
+#
+#
+# **Load or train** (notebook 00, section 7): each run is the committed `cpu`-tier checkpoint when
+# one matches it (in the `smoke` tier: the `cpu`-tier run), trained here otherwise;
+# `POLAR_VBLL_RETRAIN=1` trains all three here (about 4 minutes each in the `cpu` tier). The fit
+# times printed are those of the machine that trained each run.
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
-train = data.load_task("arc_easy", "train", limit=profile.train_examples)
-test = data.load_task("arc_easy", "test", limit=profile.test_examples)
-print(f"{len(train)} train and {len(test)} test questions; rank {profile.rank}, {profile.steps} steps; "
-      f"adapters on {list(profile.target_modules)} of the top {profile.adapt_layers or 'all'} layers, "
-      f"Θ {profile.polar_theta}")
-
 histories, records, fit_seconds = {}, {}, {}
 for stiefel_method in ("landing", "geoopt", "retraction"):
-    start = time.perf_counter()
-    method = methods.make_method("polar", profile=profile, seed=SEED, stiefel_method=stiefel_method, device=device)
-    method.fit(train)
-    fit_seconds[stiefel_method] = time.perf_counter() - start
-    records[stiefel_method] = method.predict(test)  # probs (N, 5), labels (N,)
-    histories[stiefel_method] = method.trainer.state.history  # one dict per step
-    del method  # keep only what we plot: each method holds its own copy of the backbone
+    options = {} if stiefel_method == "landing" else {"stiefel_method": stiefel_method}  # landing: the default
+    run = pretrained.fit_or_load(pretrained.Run("polar", "arc_easy", profile, SEED, options=options))
+    fit_seconds[stiefel_method] = run.fit_seconds
+    records[stiefel_method] = run.records["arc_easy"]  # probs (N, 5), labels (N,)
+    histories[stiefel_method] = run.history  # one dict per step
+final_profile = run.profile
+print(f"{final_profile.name} profile: {final_profile.train_examples} train and {len(records['landing']['labels'])} "
+      f"test questions; rank {final_profile.rank}, {final_profile.steps} steps; adapters on "
+      f"{list(final_profile.target_modules)} of the top {final_profile.adapt_layers or 'all'} layers, "
+      f"Θ {final_profile.polar_theta}")
 
 for name, record in records.items():
     summary = metrics.summarize(record["probs"], record["labels"])

@@ -52,7 +52,7 @@ import math
 import plotly.graph_objects as go
 import torch
 
-from polar_vbll import checks, data, methods, metrics, viz, widgets
+from polar_vbll import checks, data, methods, metrics, pretrained, viz, widgets
 from polar_vbll.choice import ChoiceFeatures
 from polar_vbll.profiles import start_notebook
 from polar_vbll.vbll import ChoiceVBLLHead, VBLLHead
@@ -586,32 +586,46 @@ for name, summary in comparison.items():
 # centred at $w = 0$, the cloze classifier, with 10% of the prior's variance) and the same
 # prior-variance rule, which the library applies to a first batch of training questions (checked
 # below); sizes from the profile.
+#
+#
+# **Load or train** (notebook 00, section 7): the committed `cpu`-tier checkpoint when one matches
+# this run (in the `smoke` tier: the `cpu`-tier run), trained here otherwise; `POLAR_VBLL_RETRAIN=1`
+# trains it here (about 4 minutes in the `cpu` tier).
 
 # %%
-lora_vbll = methods.make_method("lora_vbll", profile=profile, seed=SEED, progress=False)
-lora_vbll.fit(train_examples, validation_examples)
-first = profile.eval_batch_size  # the library sets s_0 on the first eval batch of training questions
-my_first_prior = float(1.0 / features_train.phi[:first][mask_train[:first]].square().sum(-1).mean())
-checks.compare("prior variance vs lora_vbll", my_first_prior, lora_vbll.prior_scale,
-               **(dict(rtol=1e-3) if lora_vbll.device.type == "cpu" else dict(rtol=0.05)))
-lora_vbll_record = lora_vbll.predict(test_examples)
-print(type(lora_vbll.head).__name__, "| lora_vbll:", metrics.summarize(lora_vbll_record["probs"], lora_vbll_record["labels"]))
-viz.training_curves({"lora_vbll": lora_vbll.trainer.state.history})
+run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED))
+lora_vbll, lora_vbll_record = run.method, run.records["arc_easy"]
+first = run.profile.eval_batch_size  # the library sets s_0 on the first eval batch of training questions
+if run.profile == profile and len(features_train.phi) >= first:  # the run used this notebook's features
+    my_first_prior = float(1.0 / features_train.phi[:first][mask_train[:first]].square().sum(-1).mean())
+    checks.compare("prior variance vs lora_vbll", my_first_prior, lora_vbll.prior_scale,
+                   **(dict(rtol=1e-3) if lora_vbll.device.type == "cpu" else dict(rtol=0.05)))
+else:
+    print(f"the run is the {run.profile.name}-profile one (max_length {run.profile.max_length}, first batch "
+          f"{first} questions): its prior variance s_0 = {lora_vbll.prior_scale:.3g} comes from its own features")
+print(type(lora_vbll.head).__name__, f"| lora_vbll on {len(lora_vbll_record['labels'])} test questions:",
+      metrics.summarize(lora_vbll_record["probs"], lora_vbll_record["labels"]))
+viz.training_curves({"lora_vbll": run.history})
 
 # %% [markdown]
 # ## 7. Calibration, live
 #
-# Three models on the same test questions: the zero-shot cloze classifier, the VBLL head on frozen
-# features and LoRA + VBLL. Pick a method, change the number of bins, and for the VBLL records slide
+# Three models: the zero-shot cloze classifier, the VBLL head on frozen features and LoRA + VBLL.
+# When section 6 loaded the `cpu`-tier run (in the `smoke` tier), the zero-shot classifier is shown
+# on that run's test questions, and the frozen-feature head (trained in this notebook) on this
+# tier's; the counts are printed. Pick a method, change the number of bins, and for the VBLL records slide
 # the number of last-layer samples from 1 (a single random $w$: noisy, overconfident) to all of them.
 # The temperature slider rescales the logits, as temperature scaling would.
 
 # %%
+final_zero_shot = pretrained.fit_or_load(pretrained.Run("zero_shot", "arc_easy", profile, SEED), say=lambda _: None)
 calibration_records = {
-    "zero_shot": {"arc_easy": zero_shot_record},
+    "zero_shot": {"arc_easy": final_zero_shot.records["arc_easy"]},  # the questions of lora_vbll's run
     "vbll_frozen": {"arc_easy": frozen_record},
     "lora_vbll": {"arc_easy": lora_vbll_record},
 }
+for name, by_dataset in calibration_records.items():
+    print(f"{name:>12}: {len(by_dataset['arc_easy']['labels'])} test questions")
 widgets.calibration_explorer(calibration_records, method="vbll_frozen")
 
 # %% [markdown]

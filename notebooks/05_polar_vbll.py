@@ -50,7 +50,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from polar_vbll import checks, evaluation, methods, metrics, training, viz, widgets
+from polar_vbll import checks, evaluation, methods, metrics, pretrained, training, viz, widgets
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)
@@ -61,9 +61,16 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 # This notebook fine-tunes many models: one in section 1, nine methods on ARC-Easy in section 2
 # (nine fine-tunes: the ensemble trains `ensemble_members` = 3 members, while `temperature` and
 # `laplace` start from the `mle` fitted just before them and add only their post-hoc step), and
-# again on OpenBookQA in section 3. At the `cpu` profile's full sizes (250 steps per fine-tune,
-# about 3–4 minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that
-# is well over an hour. So the `cpu` tier of *this notebook* runs a shortened version, printed below:
+# six again on OpenBookQA in section 3. At the `cpu` profile's full sizes (250 steps per fine-tune,
+# a few minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that is
+# well over half an hour.
+#
+# **Load or train** (notebook 00, section 7). The course ships these fine-tunes: `polar-vbll
+# checkpoints` trained every one of them at the full `cpu` profile and committed them. When all of
+# sections 2 and 3's runs have a committed checkpoint that matches them (in the `smoke` tier: the
+# `cpu`-tier runs), the sections load them, and the numbers below are those of full-length runs.
+# Otherwise (no checkpoint, another seed, or `POLAR_VBLL_RETRAIN=1`) the sections train here, and the
+# `cpu` tier shortens them so that the notebook still fits in a sitting:
 #
 # - `steps` 250 → 30: training is most of the cost, and it is paid nine times per task;
 # - `train_examples` 600 → 30 × `batch_size` = 120, the questions those steps actually see (the
@@ -76,25 +83,35 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 # - section 3 runs four of the nine methods (`mle`, its two post-hoc variants `temperature` and
 #   `laplace`, and `polar_vbll`).
 #
-# Thirty steps is a short fine-tune: the numbers of the `cpu` tier show what each method does
-# *early*, not where it ends. The full-length `cpu`-tier runs of every method (250 steps, the full
-# test split) are in the README table. The `smoke` tier (CI) shortens the same way, to 2 steps and
-# a handful of questions; the `gpu` tier runs the profile as it is.
+# Thirty steps is a short fine-tune: such numbers show what each method does *early*, not where it
+# ends. The `smoke` tier shortens the same way, to 2 steps and a handful of questions; the `gpu` tier
+# runs the profile as it is. Section 1 always runs the shortened sizes: it is about how one
+# alternating step works, and it trains here.
 
 # %%
+ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
 NOTEBOOK_OVERRIDES = {
     "smoke": dict(steps=2, train_examples=2 * profile.batch_size, validation_examples=4, test_examples=8,
                   ood_examples=2),  # CI: a few minutes in all; the numbers mean nothing
     "cpu": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
                 ood_examples=40),
 }
-if profile.name in NOTEBOOK_OVERRIDES:
-    print(f"{profile.name} tier, shortened for this notebook:")
-    for field, value in NOTEBOOK_OVERRIDES[profile.name].items():
-        print(f"  {field:<15} {getattr(profile, field)} -> {value}")
-    profile = profile.with_overrides(**NOTEBOOK_OVERRIDES[profile.name])
+short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, {}))
+committed_runs = [pretrained.Run(name, "arc_easy", profile, SEED) for name in ["zero_shot"] + ALL_METHODS] + [
+    pretrained.Run(name, "obqa", profile, SEED, ood=evaluation.OOD_PROTOCOL) for name in pretrained.OOD_METHODS]
+LOADED = all(pretrained.choose(run, say=lambda _: None)[1] is not None for run in committed_runs)
+if LOADED:
+    run_profile = profile
+    print("sections 2 and 3 load their committed checkpoints: "
+          f"{pretrained.choose(committed_runs[0], say=lambda _: None)[0].profile.name} profile, full length")
+elif profile.name in NOTEBOOK_OVERRIDES:
+    run_profile = short_profile
+    print(f"sections 2 and 3 train here; {profile.name} tier, shortened for this notebook:")
 else:
-    print(f"{profile.name} tier: the profile as it is ({profile.steps} steps per fine-tune)")
+    run_profile = profile
+    print(f"sections 2 and 3 train here; {profile.name} tier: the profile as it is ({profile.steps} steps per fine-tune)")
+for field, value in NOTEBOOK_OVERRIDES.get(profile.name, {}).items():
+    print(f"  section 1{'' if LOADED else ', 2, 3'}: {field:<19} {getattr(profile, field)} -> {value}")
 
 # %% [markdown]
 # ## 1. One objective, two blocks
@@ -143,14 +160,15 @@ else:
 print(training.__doc__.split("Two schedules:")[1].strip())
 
 # %%
-splits = evaluation.load_splits("arc_easy", profile, ood=[])  # train, validation, "arc_easy" (test): section 2's questions
+splits = evaluation.load_splits("arc_easy", short_profile, ood=[])  # train, validation, "arc_easy" (test)
 train_examples = splits["train"]
-polar_vbll = methods.make_method("polar_vbll", profile=profile, seed=SEED, progress=False)
+polar_vbll = methods.make_method("polar_vbll", profile=short_profile, seed=SEED, progress=False)
 polar_vbll.fit(train_examples)
-# Run the frozen lower layers over section 2's validation and test questions now (the cache keeps them on disk),
-# so that the prediction times of section 4 compare the methods, not which one happened to predict first.
-for split in ("validation", "arc_easy"):
-    polar_vbll.form.prepare(splits[split])
+if not LOADED and run_profile == short_profile:
+    # Run the frozen lower layers over section 2's validation and test questions now (the cache keeps them on
+    # disk), so that the prediction times of section 4 compare the methods, not which one predicted first.
+    for split in ("validation", "arc_easy"):
+        polar_vbll.form.prepare(splits[split])
 trainer = polar_vbll.trainer
 print(f"schedule={trainer.config.schedule}, posterior steps per adapter step={trainer.config.posterior_steps}, "
       f"{trainer.config.steps} steps, optimizers: {list(trainer.optimizers)}")
@@ -248,9 +266,9 @@ for moment, (_, _, value) in moments.items():
 # adapters and $w$), and they add only their own step on the validation questions.
 
 # %%
-ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
 del polar_vbll, trainer  # free the model of section 1; compare() loads its own copies
-results = evaluation.compare("arc_easy", ["zero_shot"] + ALL_METHODS, profile=profile, seed=SEED, progress=False)
+results = evaluation.compare("arc_easy", ["zero_shot"] + ALL_METHODS, profile=run_profile, seed=SEED,
+                             progress=False, pretrained=True)
 print(evaluation.metrics_table(results))
 print("fit seconds (load + train + post-hoc step): "
       + ", ".join(f"{name} {entry['fit_seconds']:.0f}" for name, entry in results["methods"].items()))
@@ -271,10 +289,14 @@ viz.metric_comparison({name: entry["metrics"]["arc_easy"] for name, entry in res
 # (CI) two.
 
 # %%
-OOD_METHODS = {"smoke": ["mle", "polar_vbll"],
-               "cpu": ["mle", "temperature", "laplace", "polar_vbll"]}.get(profile.name, ALL_METHODS)
+if LOADED:
+    OOD_METHODS = list(pretrained.OOD_METHODS)
+else:
+    OOD_METHODS = {"smoke": ["mle", "polar_vbll"],
+                   "cpu": ["mle", "temperature", "laplace", "polar_vbll"]}.get(profile.name, ALL_METHODS)
 print("out-of-distribution comparison of:", OOD_METHODS)
-ood_results = evaluation.compare("obqa", OOD_METHODS, profile=profile, ood="obqa", seed=SEED, progress=False)
+ood_results = evaluation.compare("obqa", OOD_METHODS, profile=run_profile, ood="obqa", seed=SEED,
+                                 progress=False, pretrained=True)
 print(evaluation.metrics_table(ood_results))
 
 # %% [markdown]

@@ -120,3 +120,14 @@ def test_plotly_js_is_one_shared_local_copy(html_dir):
         assert re.fullmatch(r"(\.\./)*_static/plotly\.min\.js(\?v=\w+)?", sources[0]), sources[0]
         assert not PLOTLY_JS_BANNER.search(text), f"{page.relative_to(html_dir)} embeds its own plotly.js"
         assert not PLOTLY_CDN.search(text), f"{page.relative_to(html_dir)} references a CDN for plotly"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_the_final_fine_tune_shows_committed_cpu_tier_results(html_dir, notebook):
+    """The book is executed in the smoke tier, but its fine-tunes are the committed cpu-tier runs
+    (polar_vbll.pretrained): no page may show a smoke-tier fine-tune as its result."""
+    text = read(html_dir / "notebooks" / f"{notebook.stem}.html")
+    assert "loaded the committed cpu-profile checkpoint" in text, \
+        f"{notebook.stem}: the page does not show a committed cpu-tier fine-tune (run `make checkpoints`?)"
+    assert "trained here at the smoke profile" not in text, f"{notebook.stem} shows a smoke-tier fine-tune"
+    assert "POLAR_VBLL_RETRAIN=1" in text, f"{notebook.stem} does not say how to retrain"

@@ -117,17 +117,26 @@ def test_the_calibration_explorer_of_notebook_00_responds_in_jupyterlab(jupyterl
             raise
 
 
+def _wait_for_title(page, text: str) -> None:
+    """Wait until the explorer's plotly figure (redrawn on every change) has the title ``text``."""
+    page.wait_for_function("text => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+                           ".some(e => e.textContent === text)", arg=text, timeout=60_000)
+
+
 def _use_the_explorer(page, base: str, token: str) -> None:
     """Open notebook 00, run all cells, then move the explorer's bins slider and method dropdown."""
     page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
     page.locator(".jp-NotebookPanel-toolbar").first.wait_for()
+    # run only once the kernel is up: a run request sent while it starts can be lost
+    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=180_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
     # the explorer: a VBox whose first row holds the method and dataset dropdowns
     explorer = page.locator(".widget-vbox").filter(has=page.locator(".widget-dropdown")).filter(
         has=page.locator(".widget-html")).last
+    page.locator(".jp-InputArea-prompt").filter(has_text="[1]:").first.wait_for(timeout=120_000)
     explorer.wait_for(timeout=RUN_TIMEOUT_MS)
     table, title = explorer.locator(".widget-html"), explorer.locator(".js-plotly-plot .gtitle")
     title.wait_for(timeout=60_000)
@@ -137,26 +146,25 @@ def _use_the_explorer(page, base: str, token: str) -> None:
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [text for text in errors.all_inner_texts() if "Traceback" in text or "Error" in text]
     assert not tracebacks, "a cell failed:\n" + "\n".join(tracebacks)[-3000:]
-    before_title, before_table = title.inner_text(), table.inner_text()
+    before_title, before_table = title.text_content(), table.inner_text()
     assert "(15 bins)" in before_title and "ECE (15 bins)" in before_table, (before_title, before_table)
-    method = explorer.locator(".widget-dropdown select").first
+    method = explorer.locator(".widget-dropdown").filter(has_text="method").locator("select")
     assert method.input_value() == "zero_shot"
 
     # the bins slider: one step to the right with the keyboard, as a learner would
     bins = explorer.locator(".widget-slider").filter(has_text="bins").locator(".noUi-handle").first
     bins.focus()
     page.keyboard.press("ArrowRight")
-    page.wait_for_function("element => element.textContent.includes('(16 bins)')",
-                           arg=title.element_handle(), timeout=60_000)
+    _wait_for_title(page, "zero_shot on arc_easy (16 bins)")
     zero_shot_table = table.inner_text()
     assert "ECE (16 bins)" in zero_shot_table, zero_shot_table
 
     # another method: title and ECE follow
-    method.select_option("mle")
-    page.wait_for_function("element => element.textContent.startsWith('mle on')",
-                           arg=title.element_handle(), timeout=60_000)
-    page.wait_for_function("([element, old]) => element.innerText !== old",
-                           arg=[table.element_handle(), zero_shot_table], timeout=60_000)
+    method.select_option(label="mle")
+    _wait_for_title(page, "mle on arc_easy (16 bins)")
+    page.wait_for_function("old => [...document.querySelectorAll('.widget-html')]"
+                           ".some(e => e.innerText.includes('ECE') && e.innerText !== old)",
+                           arg=zero_shot_table, timeout=60_000)
     ece_of = lambda text: [line for line in text.splitlines() if line.startswith("ECE")]
     assert ece_of(table.inner_text()) != ece_of(zero_shot_table), (zero_shot_table, table.inner_text())
     assert ece_of(table.inner_text())[0].startswith("ECE (16 bins)")

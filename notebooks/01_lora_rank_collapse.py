@@ -328,7 +328,7 @@ print(f"stable rank of the full-weight gradient G on one batch of {profile.batch
 # **Load or train** (notebook 00, section 7): `pretrained.fit_or_load` loads the committed
 # `cpu`-tier fine-tune whose configuration is exactly this run's (in the `smoke` tier: the `cpu`-tier
 # run), with its training history and its rank reports, and trains here otherwise; the printed line
-# says which. `POLAR_VBLL_RETRAIN=1` trains here (about 4 minutes in the `cpu` tier). The fitted model
+# says which. `POLAR_VBLL_RETRAIN=1` trains here (5-10 minutes in the `cpu` tier). The fitted model
 # is `fitted.method`: the same kind of object as `method` above, with trained adapters.
 
 # %%
@@ -423,13 +423,14 @@ widgets.spectrum_explorer(trained.rank_history)
 #   layer) are what a short fine-tune leaves of the race: compare them with the $r$ directions each
 #   adapter has. The `smoke` tier trains only a few steps, so there the numbers say little. At the
 #   `cpu` tier (this notebook run once with `POLAR_VBLL_PROFILE=cpu`: ARC-Easy, adapters on `q_proj`
-#   and `v_proj` of the top 2 layers, $r = 8$, 250 steps) the one-batch gradient had a median
-#   stable rank of 1.18 (at most 1.32), and LoRA's $\Delta W$ ended at a mean stable rank of 1.01
-#   (1.00-1.02 over the 4 matrices): with 8 directions available, the update collapsed to rank one,
-#   while the model learned (accuracy 53.8% against 50.0% zero-shot on 500 test questions). PoLAR
-#   with a full $r \times r$ core $\Theta$ collapsed too (1.05-1.24 in the validation runs of the
-#   README); with the diagonal core that the `smoke` and `cpu` profiles now use
-#   (`profile.polar_theta`) it kept a mean stable rank of 2.52 in `make demo` (2.67 on validation).
+#   and `v_proj` of the top 2 layers, $r = 8$) the one-batch gradient had a median stable rank of
+#   1.18 (at most 1.32), and the committed `cpu`-tier LoRA run that section 4 loads (400 steps on
+#   1200 questions) ended at a mean stable rank of 1.01 (1.00-1.02 over the 4 matrices): with 8
+#   directions available, the update collapsed to rank one, while the model learned (accuracy
+#   56.4% against 50.0% zero-shot on 500 test questions). PoLAR with a full $r \times r$ core
+#   $\Theta$ collapsed too (1.05-1.24 in the validation runs of the README); with the diagonal core
+#   that the `smoke` and `cpu` profiles use (`profile.polar_theta`) the committed `polar_vbll` run
+#   kept a mean stable rank of 2.18 (2.67 on validation at the earlier 250-step profile).
 #
 # Notebook 02 builds the polar decomposition and PoLAR, which writes $\Delta W = X \Theta Y^\top$ with
 # orthonormal $X$, $Y$: its directions stay orthonormal by construction, and how many of them carry

@@ -590,7 +590,7 @@ for name, summary in comparison.items():
 #
 # **Load or train** (notebook 00, section 7): the committed `cpu`-tier checkpoint when one matches
 # this run (in the `smoke` tier: the `cpu`-tier run), trained here otherwise; `POLAR_VBLL_RETRAIN=1`
-# trains it here (about 4 minutes in the `cpu` tier).
+# trains it here (5-10 minutes in the `cpu` tier).
 
 # %%
 run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED))
@@ -667,8 +667,9 @@ for name, (bound, exact, _) in bound_table.items():
 #   and NLL 1.44: there is calibration to gain. On frozen features the VBLL head can only re-weight
 #   what SmolLM2 already computes, and that alone took the NLL to 1.22 and the ECE to 9.0% at the
 #   same accuracy (49.6%, Monte Carlo predictive; probit 50.0% / 10.5%). With LoRA the scores and
-#   features adapt too: `lora_vbll` reached 52.0%, ECE 7.3%, NLL 1.21, against `mle`'s 53.8%,
-#   10.0%, 1.20 on the same questions (notebook 00): better calibrated, slightly less accurate. The
+#   features adapt too: the committed `cpu`-tier `lora_vbll` run (400 steps on 1200 questions)
+#   reached 54.8%, ECE 8.1%, NLL 1.16, against `mle`'s 56.4%, 8.4%, 1.14 on the same questions
+#   (notebook 00): about as well calibrated, slightly less accurate. The
 #   trained posterior's Jensen gap was 0.05 nats per question, against 0.25 for the wide one. Use
 #   the explorer to see where in the confidence range each model is over- or under-confident.
 #

@@ -174,7 +174,7 @@ def stale_reason(path: Path) -> str | None:
         return str(error)
     run = Run(config["method"], config["task"], profile, config["seed"], config["model"],
               config.get("options", {}), tuple(config.get("ood", ())))
-    differences = _differences(config, run.config())
+    differences = _differences(config, json.loads(json.dumps(run.config())))  # tuples -> lists
     if not differences:
         return None
     return (f"checkpoint {Path(path).name} is stale: the code now gives " + "; ".join(differences)

@@ -4,7 +4,7 @@ The last test re-evaluates every committed ``cpu``-tier checkpoint with the real
 the first ``pretrained.CHECK_QUESTIONS`` (16, one evaluation batch) questions of each of its test
 sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the metrics must equal
 the recorded ones (accuracy exactly, ECE and NLL to 1e-6), and those predictions must be within
-1e-5 of the same questions' predictions in the full recorded run.
+1e-5 of the recorded check predictions and of the same questions' predictions in the full run.
 """
 
 import json
@@ -167,6 +167,8 @@ def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
         assert mine["accuracy"] == theirs["accuracy"], (dataset, mine, theirs)
         assert abs(mine["ece"] - theirs["ece"]) < 1e-6, (dataset, mine, theirs)
         assert abs(mine["nll"] - theirs["nll"]) < 1e-6, (dataset, mine, theirs)
-        torch.testing.assert_close(again[dataset]["probs"], check["probs"], atol=1e-6, rtol=0)
+        # probabilities to 1e-5, not exactly: the tests run torch with one thread and `make
+        # checkpoints` with two, which sums in another order (measured: up to 1.5e-6)
+        torch.testing.assert_close(again[dataset]["probs"], check["probs"], atol=1e-5, rtol=0)
         # the prefix alone, against the same questions inside the full recorded run
         torch.testing.assert_close(check["probs"], full["probs"][:questions], atol=1e-5, rtol=0)

@@ -160,7 +160,7 @@ checks.compare("Jensen bound", my_bound, toy.jensen_bound(phi_toy, labels_toy, m
 # %%
 def expected_log_likelihood_mc(logit_mean, logit_variance, labels, mask, n_samples, generator):
     """Monte Carlo estimate of E_q log softmax(z)_y and its standard error, each (B,)."""
-    eps = torch.randn((n_samples,) + tuple(logit_mean.shape), generator=generator)  # (S, B, C)
+    eps = torch.randn((logit_mean.shape[0], n_samples, logit_mean.shape[1]), generator=generator).transpose(0, 1)  # (S, B, C)
     z = (logit_mean + logit_variance.sqrt() * eps).masked_fill(~mask, -math.inf)  # (S, B, C)
     log_likelihood = torch.log_softmax(z, dim=-1).gather(
         2, labels[None, :, None].expand(n_samples, -1, 1)).squeeze(-1)  # (S, B)
@@ -269,7 +269,8 @@ checks.compare("KL vs torch.distributions", my_kl, reference_kl);
 # * **`"mean"`**: plug in the mean, $\mathrm{softmax}(\mu)$; ignores the posterior.
 #
 # Here are all three written out and checked against the library (the Monte Carlo one with the same
-# random numbers: the library draws noise of shape (S, B, C) from the generator it is given).
+# random numbers: the library draws noise question by question, as a (B, S, C) tensor viewed as
+# (S, B, C), so that the first questions get the same draws whether or not more follow).
 
 # %%
 def predictive_from_scratch(logit_mean, logit_variance, mask, how, n_samples=100, generator=None):
@@ -278,7 +279,7 @@ def predictive_from_scratch(logit_mean, logit_variance, mask, how, n_samples=100
     if how == "probit":
         scaled = logit_mean / torch.sqrt(1 + math.pi / 8 * logit_variance)  # (B, C)
         return torch.softmax(scaled.masked_fill(~mask, -math.inf), -1)
-    eps = torch.randn((n_samples,) + tuple(logit_mean.shape), generator=generator)  # (S, B, C)
+    eps = torch.randn((logit_mean.shape[0], n_samples, logit_mean.shape[1]), generator=generator).transpose(0, 1)  # (S, B, C)
     z = (logit_mean + logit_variance.sqrt() * eps).masked_fill(~mask, -math.inf)
     return torch.softmax(z, -1).mean(0)  # (B, C)
 

@@ -58,6 +58,7 @@ from polar_vbll.profiles import Profile, get_profile
 FOLDER = Path(__file__).resolve().parent / "trained"
 RETRAIN_ENV = "POLAR_VBLL_RETRAIN"
 COMMITTED_TIER = "cpu"  # the tier whose runs are committed
+PASS_KEYS = ("backbone_passes", "sequences_per_question")  # per record, kept in run.json
 CHECK_QUESTIONS = 16  # the prefix of each test set that tests/test_pretrained.py re-evaluates
 FORMAT_VERSION = 1  # bump when what a checkpoint holds, or how a run is trained, changes
 
@@ -270,6 +271,7 @@ def load(path: Path, run: Run | None = None) -> Fitted:
         raise CheckpointError(f"{path}/predictions.safetensors lacks {missing}")
     for dataset, record in records.items():
         record["seconds_per_example"] = recorded["seconds_per_example"][dataset]
+        record.update(recorded.get("passes", {}).get(dataset, {}))
     return Fitted(run, records, recorded["metrics"], recorded["history"],
                   recorded["fit_seconds"], recorded["seconds_per_example"], Path(path),
                   check=check)
@@ -296,6 +298,8 @@ def save(fitted: Fitted, method, folder: Path | None = None, command: str = "") 
               "check": {"questions": CHECK_QUESTIONS, "metrics": check_metrics},
               "fit_seconds": fitted.fit_seconds,
               "seconds_per_example": fitted.seconds_per_example,
+              "passes": {dataset: {key: record[key] for key in PASS_KEYS if key in record}
+                         for dataset, record in fitted.records.items()},
               "history": fitted.history, "provenance": provenance(command)}
     atomic_write_text(path / "run.json", json.dumps(record, indent=1))
     return path

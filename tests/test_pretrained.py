@@ -68,6 +68,8 @@ def test_a_saved_run_loads_with_its_predictions_history_and_method(saved):
     for key in ("probs", "labels", "mask", "logits"):
         torch.testing.assert_close(record[key], original[key], atol=0, rtol=0)
     assert loaded.metrics == json.loads(json.dumps(fitted.metrics))
+    for key in pretrained.PASS_KEYS:  # what notebook 05's cost section plots
+        assert record[key] == original[key]
     assert [h["loss"] for h in loaded.history] == [h["loss"] for h in fitted.history]
     assert loaded.method.rank_history.keys() == fitted.method.rank_history.keys()
     again = loaded.method.predict(pretrained.evaluation_questions(TINY_RUN)["arc_easy"])

@@ -99,11 +99,11 @@ NOTEBOOK_OVERRIDES = {
 short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, {}))
 committed_runs = [pretrained.Run(name, "arc_easy", profile, SEED) for name in ["zero_shot"] + ALL_METHODS] + [
     pretrained.Run(name, "obqa", profile, SEED, ood=evaluation.OOD_PROTOCOL) for name in pretrained.OOD_METHODS]
-LOADED = all(pretrained.choose(run, say=lambda _: None)[1] is not None for run in committed_runs)
+chosen = [pretrained.choose(run, say=lambda _: None) for run in committed_runs]  # (run shown, checkpoint or None)
+LOADED = all(path is not None for _, path in chosen)
 if LOADED:
     run_profile = profile
-    print("sections 2 and 3 load their committed checkpoints: "
-          f"{pretrained.choose(committed_runs[0], say=lambda _: None)[0].profile.name} profile, full length")
+    print(f"sections 2 and 3 load their committed checkpoints: {chosen[0][0].profile.name} profile, full length")
 elif profile.name in NOTEBOOK_OVERRIDES:
     run_profile = short_profile
     print(f"sections 2 and 3 train here; {profile.name} tier, shortened for this notebook:")

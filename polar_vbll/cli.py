@@ -213,10 +213,9 @@ def run_checkpoints(args) -> int:
     for run in runs:
         path = folder / run.folder_name
         status = "committed" if (path / "run.json").is_file() else "missing"
-        size = sum(f.stat().st_size for f in path.glob("*")) if path.is_dir() else 0
-        print(f"{status:>9}  {run.folder_name:<48} {size / 1e6:6.2f} MB")
+        print(f"{status:>9}  {run.folder_name:<48} {pretrained.folder_size(path) / 1e6:6.2f} MB")
     if args.list:
-        total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        total = sum(pretrained.folder_size(path) for path in pretrained.committed(folder))
         print(f"{len(pretrained.committed(folder))} checkpoints, {total / 1e6:.2f} MB in {folder}")
         return 0
     ensure_writable_folder(folder)

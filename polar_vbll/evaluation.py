@@ -14,15 +14,14 @@ evaluate on ARC-Challenge, ARC-Easy and MMLU subjects (:data:`OOD_PROTOCOL`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from polar_vbll import data, metrics, models
+from polar_vbll import data, models
 from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
 from polar_vbll.errors import ConfigError
-from polar_vbll.methods import get_spec, make_method
+from polar_vbll.methods import get_spec
 from polar_vbll.profiles import Profile, get_profile
 
 OOD_PROTOCOL = ("arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_college_physics",
@@ -99,11 +98,11 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
                                  dict(method_options or {}), tuple(ood_tasks))
         shown, path = (pretrained_lib.choose(run, say, checkpoint_folder) if pretrained
                        else (run, None))
+        base = _post_hoc_base(name, method_options)
         if path is not None:
             result = pretrained_lib.load_and_say(shown, path, say)
         else:
             splits = splits or load_splits(task, profile, ood_tasks)
-            base = _post_hoc_base(name, method_options)
             if base and base not in fitted and pretrained:  # start from the committed base run
                 base_path = pretrained_lib.find(run.replace(method=base), checkpoint_folder)[0]
                 if base_path is not None:
@@ -117,7 +116,8 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
                 say(f"{run.label}: saved {saved}")
         entry = result.entry()
         entry["profile"] = result.profile.name
-        entry["reused_fit_of"] = _post_hoc_base(name, method_options)
+        # committed post-hoc runs were made by a compare that handed them its mle (or polar)
+        entry["reused_fit_of"] = base if path is not None or base in fitted else None
         results["methods"][name] = entry
         del result  # frees the method (the next one loads its own copy of the model)
         if out is not None:  # after every method: a long comparison cut short loses nothing

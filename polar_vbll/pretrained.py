@@ -76,6 +76,18 @@ class Run:
     ood: tuple = ()
 
     @property
+    def set_options(self) -> dict:
+        """The options that are set (None means the method's default), sorted by name."""
+        return {k: v for k, v in sorted(self.options.items()) if v is not None}
+
+    @classmethod
+    def from_config(cls, config: dict, profile: Profile | None = None) -> "Run":
+        """The run a recorded :meth:`config` describes (its own profile, or ``profile``)."""
+        return cls(config["method"], config["task"], profile or Profile(**config["profile"]),
+                   config["seed"], config["model"], config.get("options", {}),
+                   tuple(config.get("ood", ())))
+
+    @property
     def datasets(self) -> list[str]:
         return [self.task, *self.ood]
 
@@ -83,7 +95,7 @@ class Run:
         """Everything the result depends on, as JSON: the key is a hash of it."""
         return {"format": FORMAT_VERSION, "method": self.method, "task": self.task,
                 "ood": list(self.ood), "model": self.model, "seed": self.seed,
-                "options": {k: v for k, v in sorted(self.options.items()) if v is not None},
+                "options": self.set_options,
                 "profile": self.profile.to_dict()}
 
     @property
@@ -94,12 +106,12 @@ class Run:
     @property
     def label(self) -> str:
         """A readable name: the method and its non-default options, e.g. 'polar (geoopt)'."""
-        extra = ", ".join(str(v) for _, v in sorted(self.options.items()) if v is not None)
+        extra = ", ".join(str(v) for v in self.set_options.values())
         return f"{self.method} ({extra})" if extra else self.method
 
     @property
     def folder_name(self) -> str:
-        options = "".join(f"-{v}" for _, v in sorted(self.options.items()) if v is not None)
+        options = "".join(f"-{v}" for v in self.set_options.values())
         return f"{self.method}{options}-{self.task}-{self.key}"
 
     def at(self, profile: Profile) -> "Run":
@@ -173,8 +185,7 @@ def stale_reason(path: Path) -> str | None:
         profile = get_profile(config.get("profile", {}).get("name"))
     except ConfigError as error:
         return str(error)
-    run = Run(config["method"], config["task"], profile, config["seed"], config["model"],
-              config.get("options", {}), tuple(config.get("ood", ())))
+    run = Run.from_config(config, profile)
     differences = _differences(config, json.loads(json.dumps(run.config())))  # tuples -> lists
     if not differences:
         return None
@@ -208,6 +219,7 @@ class Fitted:
     loaded_from: Path | None = None  # None: trained in this process
     _method: object = None
     check: dict = field(default_factory=dict)  # {dataset: {"probs", "labels"}} (see module doc)
+    provenance: dict = field(default_factory=dict)  # who made the checkpoint (loaded runs)
 
     @property
     def method(self):
@@ -245,17 +257,11 @@ def load(path: Path, run: Run | None = None) -> Fitted:
     """The :class:`Fitted` stored at ``path`` (its method is loaded when first used)."""
     from safetensors.torch import load_file
 
-    from polar_vbll.profiles import Profile as ProfileType
-
     recorded = read_run(path)
-    config = recorded["config"]
-    if run is None:
-        run = Run(config["method"], config["task"], ProfileType(**config["profile"]),
-                  config["seed"], config["model"], config.get("options", {}),
-                  tuple(config.get("ood", ())))
+    run = run or Run.from_config(recorded["config"])
     try:
         tensors = load_file(str(Path(path) / "predictions.safetensors"))
-    except (OSError, Exception) as error:  # safetensors raises its own error types
+    except Exception as error:  # OSError, or safetensors' own error types
         raise CheckpointError(f"{path}/predictions.safetensors cannot be read ({error}); run "
                               "`polar-vbll checkpoints` to rewrite it") from None
     records, check = {}, {}
@@ -274,7 +280,7 @@ def load(path: Path, run: Run | None = None) -> Fitted:
         record.update(recorded.get("passes", {}).get(dataset, {}))
     return Fitted(run, records, recorded["metrics"], recorded["history"],
                   recorded["fit_seconds"], recorded["seconds_per_example"], Path(path),
-                  check=check)
+                  check=check, provenance=recorded["provenance"])
 
 
 def save(fitted: Fitted, method, folder: Path | None = None, command: str = "") -> Path:
@@ -313,17 +319,17 @@ def check_predictions(method, run: Run, questions: int = CHECK_QUESTIONS,
     (default: a fresh temporary one), so they are always computed the same way."""
     import tempfile
 
-    cache = getattr(method.form, "cache", None)
     sets = evaluation_questions(run)
-    if cache is None:
-        return {dataset: method.predict(sets[dataset][:questions]) for dataset in run.datasets}
-    store, folder = cache.store, cache.folder
+    cache = getattr(method.form, "cache", None)  # None at full depth: nothing is cached
+    store, folder = (cache.store, cache.folder) if cache is not None else (None, None)
     with tempfile.TemporaryDirectory() as temporary:
-        cache.store, cache.folder = {}, Path(cache_folder or temporary)
+        if cache is not None:
+            cache.store, cache.folder = {}, Path(cache_folder or temporary)
         try:
             return {dataset: method.predict(sets[dataset][:questions]) for dataset in run.datasets}
         finally:
-            cache.store, cache.folder = store, folder
+            if cache is not None:
+                cache.store, cache.folder = store, folder
 
 
 def evaluation_questions(run: Run) -> dict:
@@ -332,6 +338,11 @@ def evaluation_questions(run: Run) -> dict:
 
     splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
     return {dataset: splits[dataset] for dataset in run.datasets}
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files directly inside ``path`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in Path(path).glob("*") if f.is_file())
 
 
 def write_index(folder: Path | None = None) -> Path:
@@ -351,7 +362,7 @@ def write_index(folder: Path | None = None) -> Path:
         record = read_run(path)
         config, made = record["config"], record["provenance"]
         summary = record["metrics"][config["task"]]
-        size = sum(f.stat().st_size for f in path.glob("*") if f.is_file())
+        size = folder_size(path)
         total += size
         commit = made["commit"][:10] + (" (+ changes)" if made.get("uncommitted_changes") else "")
         lines.append(
@@ -422,7 +433,7 @@ def fit_or_load(run: Run, splits: dict | None = None, fitted_base: dict | None =
 def load_and_say(run: Run, path: Path, say=print) -> Fitted:
     """:func:`load`, and say what was loaded and how to train it instead."""
     fitted = load(path, run)
-    made = read_run(path)["provenance"]
+    made = fitted.provenance
     say(f"{run.label}: loaded the committed {run.profile.name}-profile checkpoint {path.name} "
         f"({run.profile.steps} steps on {run.profile.train_examples} {run.task} questions; made "
         f"{made['date'][:10]} by `{made['command']}` at commit {made['commit'][:10]}). "
@@ -456,5 +467,5 @@ def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
 
 
 __all__ = ["COMMITTED_TIER", "FOLDER", "Fitted", "RETRAIN_ENV", "Run", "choose", "committed",
-           "check_predictions", "course_runs", "evaluation_questions", "find", "fit_or_load", "load", "load_and_say", "provenance",
+           "check_predictions", "course_runs", "evaluation_questions", "find", "folder_size", "fit_or_load", "load", "load_and_say", "provenance",
            "read_run", "retrain_requested", "save", "stale_reason", "train", "write_index"]

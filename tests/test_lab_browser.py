@@ -31,17 +31,6 @@ NOTEBOOK = REPO / "notebooks" / "00_task_and_calibration.ipynb"
 RUN_TIMEOUT_MS = int(os.environ.get("POLAR_VBLL_LAB_TIMEOUT", 15 * 60)) * 1000  # every cell of notebook 00 in the smoke tier, on a loaded machine
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _group_members(group: int) -> list[int]:
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

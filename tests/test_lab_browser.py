@@ -52,8 +52,13 @@ def jupyterlab(tmp_path):
                                           "language": "python"}
     (tmp_path / NOTEBOOK.name).write_text(json.dumps(notebook))
     port, token = free_port(), secrets.token_hex(16)
+    # fresh user settings: no "receive Jupyter news?" toast over the notebook in the screenshot
+    settings = tmp_path / ".lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     environment = {**os.environ, "POLAR_VBLL_PROFILE": "smoke", "TQDM_DISABLE": "1",
                    "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
+                   "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / ".lab-settings"),
                    "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime")}
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(

@@ -31,6 +31,39 @@ from polar_vbll.linalg import orthogonality_error
 
 ADAPTER_KINDS = ("lora", "polar")
 THETA_KINDS = ("full", "diagonal")
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+# The attention projections that carry the adapters, by architecture family, tried in order when
+# a model has no q_proj / v_proj: Llama, Qwen, Mistral, SmolLM, Gemma, OPT (q_proj, v_proj);
+# Phi-3 (qkv_proj); GPT-NeoX, Pythia, Falcon, BLOOM (query_key_value); MPT (Wqkv).
+ATTENTION_TARGETS = (DEFAULT_TARGETS, ("qkv_proj",), ("query_key_value",), ("Wqkv",))
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """The distinct last name components of the model's ``nn.Linear`` layers, sorted."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear)})
+
+
+def resolve_target_modules(model: nn.Module, requested=DEFAULT_TARGETS) -> tuple[str, ...]:
+    """The target modules to adapt in ``model``: ``requested`` when the model has them all;
+    for the default (q_proj, v_proj), this architecture's attention projections
+    (:data:`ATTENTION_TARGETS`); otherwise a ConfigError naming the missing names and the
+    model's Linear layers."""
+    requested = (requested,) if isinstance(requested, str) else tuple(requested)
+    names = linear_layer_names(model)
+    missing = [name for name in requested if name not in names]
+    if not missing:
+        return requested
+    if requested == DEFAULT_TARGETS:
+        for family in ATTENTION_TARGETS:
+            if all(name in names for name in family):
+                return family
+    raise ConfigError(
+        f"target_modules {missing} are not nn.Linear layers of {type(model).__name__}; its "
+        f"Linear layers are named {names}. Choose some of them, e.g. "
+        f"profile.with_overrides(target_modules=({names[0]!r},))" if names else
+        f"{type(model).__name__} has no nn.Linear layer to adapt (e.g. GPT-2's Conv1D "
+        "projections are not supported)")
 
 
 def _check_rank_and_base(base: nn.Module, rank: int, alpha: float, dropout: float, layer_name: str) -> None:
@@ -265,8 +298,9 @@ def add_adapters(
         matches = [name for name in matches if _layer_index(name) in wanted]
     if not matches:
         raise ConfigError(
-            f"target_modules={tuple(target_modules)} matched no nn.Linear layer; "
-            f"the model's Linear layers include {linear_names[:6]}"
+            f"target_modules={tuple(target_modules)} matched no nn.Linear layer"
+            + (f" in layers {sorted(int(i) for i in wanted)}" if layers is not None else "")
+            + f"; the model's Linear layers are named {linear_layer_names(model)}"
         )
     for name in matches:  # validate all layers before changing the model
         _check_rank_and_base(model.get_submodule(name), rank, alpha, dropout, layer_name=name)

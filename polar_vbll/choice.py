@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polar_vbll import data
+from polar_vbll import data, distributed
 from polar_vbll.errors import ConfigError, ShapeError
 
 
@@ -128,7 +128,8 @@ def continuation_scores(model, hidden: torch.Tensor, input_ids: torch.Tensor,
 
 
 def choice_features(model, batch: dict, top_layers=None) -> ChoiceFeatures:
-    """Scores and phi for a batch from :func:`encode_choices` (bfloat16 autocast on CUDA).
+    """Scores and phi for a batch from :func:`encode_choices` (bfloat16 autocast on CUDA, or
+    accelerate's ``--mixed_precision``, :meth:`polar_vbll.distributed.World.autocast`).
 
     Full depth by default. With ``top_layers`` (a :class:`~polar_vbll.feature_cache.TopLayers`)
     only the top layers run, on the cached hidden states ``batch["hidden"]`` (R, T, d) that the
@@ -136,7 +137,7 @@ def choice_features(model, batch: dict, top_layers=None) -> ChoiceFeatures:
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     device = input_ids.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with distributed.world().autocast(device):
         if top_layers is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding
             hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
@@ -239,10 +240,13 @@ class ChoiceForm:
 
     def prepare(self, examples, progress: bool | None = None) -> None:
         """Make sure the lower layers' hidden states of every row of ``examples`` are at hand
-        (from disk when this exact set of rows was seen before); no-op at full depth."""
+        (from disk when this exact set of rows was seen before); no-op at full depth. Under a
+        launcher the main process computes and writes the file first, the others read it."""
         if self.cache is not None:
             rows, _ = choice_rows(self.tokenizer, examples, self.max_length)
-            self.cache.prepare(rows, progress=progress)
+            world = distributed.world()
+            with world.main_first():
+                self.cache.prepare(rows, progress=progress and world.is_main)
 
     def encode(self, examples) -> dict:
         batch = encode_choices(self.tokenizer, examples, self.max_length)

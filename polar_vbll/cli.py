@@ -5,6 +5,9 @@
     polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
     polar-vbll compare --task obqa --methods mle,polar_vbll --ood obqa    (OBQA -> ARC, MMLU)
     polar-vbll checkpoints --list      (the notebooks' committed cpu-tier fine-tunes)
+    accelerate launch --multi_gpu --num_processes 2 -m polar_vbll.cli finetune ...  (data
+        parallel, GPUs or CPU; also torchrun --nproc_per_node 2 -m polar_vbll.cli ...;
+        see polar_vbll.distributed)
 
 Every command prints ACC / ECE / NLL / Brier and writes JSON (``compare`` also writes
 ``report.html`` with reliability diagrams). Errors in arguments, data or checkpoints are
@@ -153,41 +156,48 @@ def run_eval(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from polar_vbll import evaluation, methods, metrics, profiles
+    from polar_vbll import distributed, evaluation, methods, metrics, profiles
     from polar_vbll.checkpoints import ensure_writable_folder
 
     profile = profiles.get_profile(args.profile)
+    main = distributed.world().is_main  # under accelerate launch / torchrun: rank 0 writes
     if args.resume and not args.out:
         raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
-    if args.out:
+    if args.out and main:
         ensure_writable_folder(args.out)
     splits = evaluation.load_splits(args.task, profile, [])
     method = methods.make_method(args.method, profile=profile, model_name=args.model,
-                                 seed=args.seed, progress=not args.no_progress,
+                                 seed=args.seed, progress=not args.no_progress and main,
                                  stiefel_method=args.stiefel_method, head_form=args.head_form)
     checkpoint = Path(args.out) / "checkpoint" if args.out else None
     method.fit(splits["train"], splits["validation"], checkpoint_dir=checkpoint,
                resume=args.resume)
     record = method.predict(splits[args.task])
+    if not main:
+        return 0
     summary = metrics.summarize(record["probs"], record["labels"])
-    _print_summary(f"{args.method} on {args.task}/test", summary)
+    world = distributed.world()
+    _print_summary(f"{args.method} on {args.task}/test"
+                   + (f" ({world.size} processes)" if world.distributed else ""), summary)
     if args.out:
         method.save(Path(args.out) / "model")
         path = _write_json(args.out, "result.json", {
             "task": args.task, "method": args.method, "profile": profile.to_dict(),
-            "metrics": summary, "seconds_per_example": record["seconds_per_example"],
+            "processes": world.size, "metrics": summary, "seconds_per_example": record["seconds_per_example"],
             "history": method.history})
         print(f"wrote {path} and the model in {Path(args.out) / 'model'}")
     return 0
 
 
 def run_compare(args) -> int:
-    from polar_vbll import evaluation
+    from polar_vbll import distributed, evaluation
 
     results = evaluation.compare(args.task, args.methods, profile=args.profile,
                                  ood=args.ood, model_name=args.model, seed=args.seed,
                                  progress=not args.no_progress, out=args.out,
                                  method_options={"head_form": args.head_form})
+    if not distributed.world().is_main:
+        return 0
     print(evaluation.metrics_table(results))
     if args.out:
         print(f"report: {Path(args.out) / 'report.html'}")

@@ -76,8 +76,16 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
     ``checkpoint_folder``: where to look (default ``polar_vbll/trained``).
     ``save_checkpoints``: write every trained run there as a checkpoint (``polar-vbll
     checkpoints``).
+
+    Under ``accelerate launch`` / ``torchrun`` every process trains and evaluates (data parallel,
+    :mod:`polar_vbll.distributed`); only the main process speaks and writes files.
     """
+    from polar_vbll import distributed
     from polar_vbll import pretrained as pretrained_lib
+
+    main = distributed.world().is_main
+    if not main:
+        say, progress, out, save_checkpoints = (lambda *args, **kwargs: None), False, None, None
 
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)

@@ -42,20 +42,29 @@ def decoder_layers(model) -> nn.ModuleList:
     return decoder.layers
 
 
+FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f")  # Llama/Qwen, GPT-NeoX, ...
+
+
 @contextlib.contextmanager
 def only_layers(model, start: int, stop: int, final_norm: bool = True):
     """Temporarily make the decoder run layers ``start .. stop-1`` only (and skip the final
     norm when ``final_norm`` is False). The layer modules are the model's own: adapters inside
     them train as usual."""
     decoder = model.get_decoder()
-    layers, norm = decoder.layers, decoder.norm
+    norm_name = next((name for name in FINAL_NORMS if hasattr(decoder, name)), None)
+    if norm_name is None and not final_norm:
+        raise ConfigError(f"{type(decoder).__name__} has no final norm named one of "
+                          f"{FINAL_NORMS}; use adapt_layers=None (full depth)")
+    layers, norm = decoder.layers, getattr(decoder, norm_name) if norm_name else None
     decoder.layers = nn.ModuleList(list(layers)[start:stop])
     if not final_norm:
-        decoder.norm = nn.Identity()
+        setattr(decoder, norm_name, nn.Identity())
     try:
         yield decoder
     finally:
-        decoder.layers, decoder.norm = layers, norm
+        decoder.layers = layers
+        if norm_name:
+            setattr(decoder, norm_name, norm)
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from polar_vbll import adapters as adapter_lib
-from polar_vbll import checkpoints, data, models
+from polar_vbll import checkpoints, data, distributed, models
 from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
 from polar_vbll.errors import CheckpointError, ConfigError
 from polar_vbll.profiles import Profile, get_profile
@@ -166,7 +166,9 @@ class Method:
         if spec.adapter and not adapter_lib.adapters_of(self.model):
             self.adapters = adapter_lib.add_adapters(
                 self.model, kind=spec.adapter, rank=profile.rank, alpha=profile.alpha,
-                target_modules=profile.target_modules, dropout=spec.dropout, seed=seed,
+                target_modules=adapter_lib.resolve_target_modules(self.model,
+                                                                  profile.target_modules),
+                dropout=spec.dropout, seed=seed,
                 theta=profile.polar_theta,
                 layers=top.layer_indices() if top is not None else None)
         elif spec.adapter:
@@ -184,8 +186,10 @@ class Method:
         p, s = self.profile, self.spec
         rate = p.polar_learning_rate if s.adapter == "polar" and p.polar_learning_rate else \
             p.learning_rate
+        # accelerate launch --gradient_accumulation_steps N overrides the profile's
+        accumulation = distributed.world().gradient_accumulation or p.grad_accumulation
         return TrainConfig(
-            steps=p.steps, batch_size=p.batch_size, grad_accumulation=p.grad_accumulation,
+            steps=p.steps, batch_size=p.batch_size, grad_accumulation=accumulation,
             max_length=p.max_length, learning_rate=rate,
             head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay, seed=seed,
             log_every=p.log_every, objective=s.objective, schedule=s.schedule,
@@ -299,27 +303,41 @@ class Method:
     # ------------------------------------------------------------------ prediction
 
     @torch.no_grad()
-    def extract_features(self, examples, dropout: bool = False, progress: bool = False):
+    def extract_features(self, examples, dropout: bool = False, progress: bool = False,
+                         shard: bool = True):
         """phi (N, d) -- or ChoiceFeatures (N, C) + (N, C, d) in the choice form --, labels (N,),
-        choice mask (N, C), in batches; dropout only for MC-dropout."""
+        choice mask (N, C), in batches; dropout only for MC-dropout.
+
+        Under a launcher (and ``shard``), each process runs a contiguous block of the eval
+        batches and the results are gathered in order: every process returns all N rows, equal
+        to what one process computes (see :mod:`polar_vbll.distributed`).
+        """
         from tqdm.auto import tqdm
 
         if not examples:
             raise ConfigError(f"method {self.name!r}: no examples to predict")
         self.model.eval()
         self.form.prepare(examples)
+        world = distributed.world()
+        chunks = list(data.batches(examples, self.profile.eval_batch_size))
+        mine = world.block_of(len(chunks)) if shard else range(len(chunks))
         for adapter in self.adapters.values():
             adapter.dropout.train(dropout)
         phis, labels, masks = [], [], []
-        size = self.profile.eval_batch_size
-        for chunk in tqdm(data.batches(examples, size), total=-(-len(examples) // size),
-                          desc="predicting", disable=not progress, leave=False):
-            batch = self.form.encode(chunk)
+        for index in tqdm(mine, desc="predicting", disable=not progress or not world.is_main,
+                          leave=False):
+            batch = self.form.encode(chunks[index])
             phis.append(self.form.features(batch))
             labels.append(batch["labels"])
             masks.append(batch["choice_mask"])
         for adapter in self.adapters.values():
             adapter.dropout.train(False)
+        parts = list(zip(phis, labels, masks))
+        if shard and world.distributed:
+            mine_on_cpu = [tuple(x.to("cpu") for x in part) for part in parts]
+            parts = [part for rank_parts in world.gather(mine_on_cpu) for part in rank_parts]
+            parts = [tuple(x.to(self.device) for x in part) for part in parts]
+        phis, labels, masks = zip(*parts)
         phi = ChoiceFeatures.cat(phis) if isinstance(phis[0], ChoiceFeatures) else torch.cat(phis)
         return phi, torch.cat(labels), torch.cat(masks)
 
@@ -358,8 +376,9 @@ class Method:
             probs, labels, mask = [], [], []
             for chunk in data.batches(examples, self.profile.eval_batch_size):
                 chunk_probs = 0
-                for _ in range(self.profile.mc_dropout_passes):
-                    phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True)
+                for _ in range(self.profile.mc_dropout_passes):  # every process runs them all
+                    phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True,
+                                                                          shard=False)
                     chunk_probs = chunk_probs + torch.softmax(self.head(phi, chunk_mask), -1)
                 probs.append(chunk_probs / self.profile.mc_dropout_passes)
                 labels.append(chunk_labels)

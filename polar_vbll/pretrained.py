@@ -460,8 +460,11 @@ def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
         records[dataset] = record
         summaries[dataset] = metrics.summarize(record["probs"], record["labels"])
         seconds[dataset] = record["seconds_per_example"]
-    say(f"{run.label}: trained here at the {run.profile.name} profile ({run.profile.steps} steps "
-        f"on {len(splits['train'])} {run.task} questions, {fit_seconds:.0f} s)")
+    if method.spec.adapter is None:  # zero_shot: nothing to train
+        say(f"{run.label}: evaluated here, no training ({fit_seconds:.0f} s)")
+    else:
+        say(f"{run.label}: trained here at the {run.profile.name} profile ({run.profile.steps} "
+            f"steps on {len(splits['train'])} {run.task} questions, {fit_seconds:.0f} s)")
     return Fitted(run, records, summaries, list(method.history), fit_seconds, seconds,
                   None, method)
 

@@ -33,6 +33,10 @@ Two schedules:
 Every step is logged (loss and ELBO terms, learning rate); every ``log_every`` steps also the
 stable rank of each Delta W and the orthogonality error of PoLAR's X and Y. A non-finite loss
 term stops the run with a :class:`~polar_vbll.errors.NumericalError` naming step and term.
+
+Under ``accelerate launch`` / ``torchrun`` each step's global batch is split over the processes
+and the gradients are summed over them before any optimizer step (:mod:`polar_vbll.distributed`
+says why this is exactly one process's step on the global batch).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polar_vbll import adapters as adapter_lib
-from polar_vbll import checkpoints, data, models
+from polar_vbll import checkpoints, data, distributed, models
 from polar_vbll.errors import ConfigError, NumericalError
 from polar_vbll.stiefel import make_stiefel_optimizer
 from polar_vbll.vbll import VBLLHead
@@ -148,9 +152,9 @@ class LetterForm:
 
 
 def features(model, batch) -> torch.Tensor:
-    """phi (B, d), float32; bfloat16 autocast on CUDA."""
+    """phi (B, d), float32; bfloat16 autocast on CUDA (or accelerate's --mixed_precision)."""
     device = batch["input_ids"].device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with distributed.world().autocast(device):
         return models.last_token_features(model, batch["input_ids"], batch["attention_mask"])
 
 
@@ -165,11 +169,12 @@ class Trainer:
     """Trains the adapters inside ``model`` and ``head`` on a list of examples."""
 
     def __init__(self, model, tokenizer, head: nn.Module, config: TrainConfig, num_data: int,
-                 form=None):
+                 form=None, world: distributed.World | None = None):
         if config.objective == "elbo" and not isinstance(head, VBLLHead):
             raise ConfigError("objective='elbo' needs a VBLLHead")
         self.model, self.tokenizer, self.head, self.config = model, tokenizer, head, config
-        self.num_data = int(num_data)
+        self.num_data = int(num_data)  # all training questions (the ELBO's N), not a shard's
+        self.world = world or distributed.world()
         self.form = form or LetterForm(model, tokenizer, config.max_length)
         self.device = next(head.parameters()).device
         self.adapters = adapter_lib.adapters_of(model)
@@ -233,7 +238,12 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, micro_batches: list[list[data.Example]]) -> dict:
-        """One optimizer step over ``grad_accumulation`` micro-batches; returns the log entry."""
+        """One optimizer step over ``grad_accumulation`` micro-batches; returns the log entry.
+
+        Each micro-batch is a global batch; this process trains on its slice, with its mean loss
+        weighted by the slice's share, and the gradients are summed over processes (one process:
+        the whole batch, weight 1).
+        """
         config = self.config
         alternating = config.schedule == "alternating"
         first_block = ["adapter", "stiefel"] if alternating else list(self.optimizers)
@@ -241,15 +251,21 @@ class Trainer:
         self._zero_grad()
         totals: dict[str, float] = {}
         cached = []  # detached features for the posterior steps
-        for examples in micro_batches:
+        for global_batch in micro_batches:
+            examples, weight = self.world.slice_of(global_batch)
+            if not examples:  # a short last batch: this rank adds zero gradients
+                continue
             batch = self.form.encode(examples)
             phi = self.form.features(batch)  # (B, d), or ChoiceFeatures (B, C) + (B, C, d)
             terms = self.objective(phi, batch)
             self._check_finite(terms, "adapter step" if alternating else "joint step")
-            (terms["loss"] / len(micro_batches)).backward()
+            share = weight / len(micro_batches)
+            (terms["loss"] * share).backward()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / len(micro_batches)
-            cached.append((phi.detach(), batch))
+                totals[name] = totals.get(name, 0.0) + value.item() * share
+            cached.append((phi.detach(), batch, share))
+        self.world.sum_gradients(self._trainable(first_block))
+        totals = self.world.sum_values(totals)
         torch.nn.utils.clip_grad_norm_(self._trainable(first_block), config.max_grad_norm)
         for name in first_block:
             if name in self.optimizers:
@@ -270,14 +286,16 @@ class Trainer:
         return entry
 
     def _posterior_steps(self, cached) -> None:
-        """Alternating schedule, block 2: ascend the ELBO in q with the adapters fixed."""
+        """Alternating schedule, block 2: ascend the ELBO in q with the adapters fixed (over
+        every process's features of the step: weighted slices, gradients summed)."""
         self.model.eval()
         for _ in range(self.config.posterior_steps):
             self.optimizers["head"].zero_grad(set_to_none=True)
-            for phi, batch in cached:
+            for phi, batch, share in cached:
                 terms = self.objective(phi, batch)
                 self._check_finite(terms, "posterior step")
-                (terms["loss"] / len(cached)).backward()
+                (terms["loss"] * share).backward()
+            self.world.sum_gradients(self._trainable(["head"]))
             torch.nn.utils.clip_grad_norm_(self._trainable(["head"]), self.config.max_grad_norm)
             self.optimizers["head"].step()
 
@@ -311,7 +329,7 @@ class Trainer:
         self.form.prepare(examples, progress=progress)
         stream = self._batch_stream(examples)
         bar = tqdm(total=config.steps, initial=self.state.step, desc="fine-tuning",
-                   disable=not progress, leave=False)
+                   disable=not progress or not self.world.is_main, leave=False)
         start = time.perf_counter()
         last = config.steps if until is None else min(until, config.steps)
         while self.state.step < last:
@@ -320,21 +338,23 @@ class Trainer:
             entry["seconds"] = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{entry['loss']:.3f}")
-            if checkpoint_dir and checkpoint_every and self.state.step % checkpoint_every == 0:
+            if checkpoint_dir and checkpoint_every and self.state.step % checkpoint_every == 0 \
+                    and self.world.is_main:  # the state is the same on every process
                 self.save(checkpoint_dir)
         bar.close()
         self.model.eval()
         return self.state.history
 
     def _batch_stream(self, examples):
-        """Endless seeded shuffles of ``examples``; resumes at the right place after load()."""
-        per_epoch = math.ceil(len(examples) / self.config.batch_size)
+        """Endless seeded shuffles of ``examples`` in global batches (``batch_size`` questions per
+        process); resumes at the right place after load()."""
+        size = self.config.batch_size * self.world.size
+        per_epoch = math.ceil(len(examples) / size)
         skip = self.state.step * self.config.grad_accumulation
         epoch = 0
         while True:
             generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-            for batch in data.batches(examples, self.config.batch_size, shuffle=True,
-                                      generator=generator):
+            for batch in data.batches(examples, size, shuffle=True, generator=generator):
                 if skip:
                     skip -= 1
                     continue

@@ -57,7 +57,7 @@ def test_alternating_blocks_touch_only_their_parameters(examples):
         phi = models.last_token_features(model, batch["input_ids"], batch["attention_mask"])
     before = head.jensen_elbo(phi, batch["labels"], batch["choice_mask"], num_data=12).loss
     trainer.config.posterior_steps = 5
-    trainer._posterior_steps([(phi, batch)])
+    trainer._posterior_steps([(phi, batch, 1.0)])  # (features, batch, share of the step)
     after = head.jensen_elbo(phi, batch["labels"], batch["choice_mask"], num_data=12).loss
     assert all(torch.equal(adapters_before[n], p) for n, p in _snapshot(model).items())
     assert after < before

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if sub.prog.endswith("eval"):
             return
+        sub.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                         help="override one profile size, e.g. --set steps=500 --set "
+                              "batch_size=4 (repeatable; fields of polar_vbll.profiles.Profile)")
         sub.add_argument("--head-form", choices=["choice", "letter"], default=None,
                          help="how the classifier reads the model: 'choice' scores every "
                               "(question, choice) pair and starts at the zero-shot cloze "
@@ -110,6 +113,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _profile(args):
+    """The --profile with the --set FIELD=VALUE overrides applied (values parsed as JSON when
+    they parse, e.g. 500, 2e-4, null, ["q_proj", "v_proj"]; else kept as text)."""
+    from dataclasses import fields
+
+    from polar_vbll import profiles
+
+    profile = profiles.get_profile(args.profile)
+    changes = {}
+    known = {field.name for field in fields(profile)} - {"name"}
+    for item in getattr(args, "set", []) or []:
+        field, separator, text = item.partition("=")
+        if not separator or field.strip() not in known:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                              f"{sorted(known)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        changes[field.strip()] = value
+    return profile.with_overrides(**changes) if changes else profile
+
+
 def _print_summary(title: str, summary: dict) -> None:
     print(f"{title}: ACC {100 * summary['accuracy']:.1f}%  ECE {100 * summary['ece']:.1f}%  "
           f"NLL {summary['nll']:.3f}  Brier {summary['brier']:.3f}  (n={summary['n']})")
@@ -156,10 +182,10 @@ def run_eval(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from polar_vbll import distributed, evaluation, methods, metrics, profiles
+    from polar_vbll import distributed, evaluation, methods, metrics
     from polar_vbll.checkpoints import ensure_writable_folder
 
-    profile = profiles.get_profile(args.profile)
+    profile = _profile(args)
     main = distributed.world().is_main  # under accelerate launch / torchrun: rank 0 writes
     if args.resume and not args.out:
         raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
@@ -192,7 +218,7 @@ def run_finetune(args) -> int:
 def run_compare(args) -> int:
     from polar_vbll import distributed, evaluation
 
-    results = evaluation.compare(args.task, args.methods, profile=args.profile,
+    results = evaluation.compare(args.task, args.methods, profile=_profile(args),
                                  ood=args.ood, model_name=args.model, seed=args.seed,
                                  progress=not args.no_progress, out=args.out,
                                  method_options={"head_form": args.head_form})

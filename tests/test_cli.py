@@ -41,6 +41,13 @@ def test_finetune_and_compare_on_tiny(tmp_path, capsys):
                      "--no-progress"]) == 0
     assert (tmp_path / "ft" / "model" / "adapters.safetensors").is_file()
     assert (tmp_path / "ft" / "checkpoint" / "config.json").is_file()
+    result = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert len(result["history"]) == 4 and result["processes"] == 1
+    assert cli.main(["finetune", "--task", "arc_easy", "--method", "mle", "--model", "tiny",
+                     "--profile", "smoke", "--set", "steps=2", "--set", "learning_rate=2e-3",
+                     "--out", str(tmp_path / "short"), "--no-progress"]) == 0
+    short = json.loads((tmp_path / "short" / "result.json").read_text())
+    assert len(short["history"]) == 2 and short["profile"]["learning_rate"] == 2e-3
     assert cli.main(["compare", "--task", "obqa", "--methods", "mle,polar_vbll", "--model",
                      "tiny", "--profile", "smoke", "--ood", "arc_challenge",
                      "--out", str(tmp_path / "cmp"), "--no-progress"]) == 0
@@ -66,6 +73,10 @@ def test_finetune_and_compare_on_tiny(tmp_path, capsys):
     (["compare", "--task", "arc_easy", "--methods", "mle", "--ood", "obqa"],
      "the OOD protocol trains on 'obqa' but --task is 'arc_easy'"),
     (["finetune", "--task", "arc_easy", "--method", "mle", "--resume"], "--resume needs --out"),
+    (["finetune", "--task", "arc_easy", "--method", "mle", "--set", "stepz=3"],
+     "--set 'stepz=3': expected FIELD=VALUE with FIELD one of"),
+    (["compare", "--task", "arc_easy", "--methods", "mle", "--set", "steps"],
+     "--set 'steps': expected FIELD=VALUE"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert cli.main(argv + ["--model", "tiny", "--no-progress"]) == 2

@@ -9,7 +9,8 @@ only) running tests/ddp_worker.py or the CLI, and compare with one process:
   (ACC exactly, ECE and NLL to 1e-6);
 * accelerate's gradient accumulation (``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``) gives the same
   steps as a larger batch;
-* the CLI runs unchanged under ``accelerate launch`` and writes its results once.
+* the CLI's finetune and compare run unchanged under ``accelerate launch`` and ``torchrun``,
+  write their results once, and resume a checkpoint on another number of processes.
 
 Measured on the 2-core machine: about 1.5 minutes for the whole file (README, "Past one device").
 """
@@ -197,11 +198,27 @@ def test_smollm2_smoke_fine_tune_on_two_processes(tmp_path):
     assert many["nll"] == pytest.approx(single["nll"], abs=1e-4)
 
 
-def test_cli_finetune_runs_unchanged_under_accelerate_launch(tmp_path):
-    output = launch(["-m", "polar_vbll.cli", "finetune", "--task", "arc_easy", "--method",
-                     "mle", "--model", "tiny", "--profile", "smoke", "--no-progress",
-                     "--out", str(tmp_path / "run")], launcher="accelerate")
-    assert output.count("mle on arc_easy/test (2 processes)") == 1, output[-2000:]
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
+def test_cli_resumes_a_one_process_checkpoint_on_two_processes(tmp_path):
+    """finetune under accelerate launch: resumes what one process saved, writes results once."""
+    from polar_vbll import cli
+
+    run = tmp_path / "run"
+    common = ["finetune", "--task", "arc_easy", "--method", "polar_vbll", "--model", "tiny",
+              "--profile", "smoke", "--no-progress", "--out", str(run)]
+    assert cli.main(common + ["--set", "steps=2"]) == 0  # checkpoint at step 2 (log_every 2)
+    output = launch(["-m", "polar_vbll.cli", *common, "--set", "steps=4", "--resume"],
+                    launcher="accelerate")
+    assert output.count("polar_vbll on arc_easy/test (2 processes)") == 1, output[-2000:]
+    result = json.loads((run / "result.json").read_text())
     assert result["processes"] == 2
-    assert len(result["history"]) == 4
+    assert [entry["step"] for entry in result["history"]] == [1, 2, 3, 4]
+
+
+def test_cli_compare_runs_unchanged_under_torchrun(tmp_path):
+    output = launch(["-m", "polar_vbll.cli", "compare", "--task", "arc_easy", "--methods",
+                     "zero_shot,mle", "--model", "tiny", "--profile", "smoke", "--no-progress",
+                     "--out", str(tmp_path / "cmp")])
+    assert output.count("ACC and ECE in %") == 1, output[-2000:]  # one table, from rank 0
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(results["methods"]) == {"zero_shot", "mle"}
+    assert results["methods"]["mle"]["metrics"]["arc_easy"]["n"] == 16

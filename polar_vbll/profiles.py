@@ -6,8 +6,8 @@ optimizer steps -- and only changes how many of them:
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
 * ``cpu`` -- a laptop. One method on ARC-Easy trains in a few minutes on 2 cores (``make demo``,
-  three methods with an empty cache, took 9.2 min on a quiet machine with 600 training questions
-  and 250 steps; at today's 1200 and 400, estimated 12-17 min, not re-timed) and gives numbers worth
+  three methods with an empty cache, took 14.1 min on 2026-12-03, the first fit 7.6 min of it
+  including the frozen-layer pass of its 1200 training questions) and gives numbers worth
   looking at (a few hundred steps, 500 test questions). Only the
   top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
   and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a comparison share them.

@@ -98,11 +98,18 @@ class World:
     def sum_gradients(self, parameters) -> None:
         """Sum the gradients of ``parameters`` over ranks, in place (one flat all-reduce).
 
-        A parameter without a gradient on this rank (e.g. an empty slice) contributes zeros.
+        A parameter without a gradient on this rank (e.g. its slice was empty) contributes zeros;
+        one without a gradient on *every* rank keeps ``grad = None``, as on one process (an
+        optimizer skips it rather than stepping it with a zero gradient).
         """
         if not self.distributed:
             return
         parameters = [p for p in parameters if p.requires_grad]
+        if not parameters:
+            return
+        present = torch.tensor([float(p.grad is not None) for p in parameters])
+        torch.distributed.all_reduce(present)
+        parameters = [p for p, count in zip(parameters, present.tolist()) if count > 0]
         if not parameters:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
@@ -115,8 +122,9 @@ class World:
             offset += size
 
     def sum_values(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum logged numbers over ranks (each rank sends its weighted share)."""
-        if not self.distributed or not values:
+        """Sum logged numbers over ranks (each rank sends its weighted share; every rank must
+        pass the same names, zeros where it had nothing)."""
+        if not self.distributed:
             return values
         names = sorted(values)
         flat = torch.tensor([float(values[n]) for n in names], dtype=torch.float64)

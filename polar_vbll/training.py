@@ -249,7 +249,9 @@ class Trainer:
         first_block = ["adapter", "stiefel"] if alternating else list(self.optimizers)
         self.model.train()
         self._zero_grad()
-        totals: dict[str, float] = {}
+        # the same names on every process, also on one whose slice is empty
+        totals = dict.fromkeys(("loss", "bound", "kl") if config.objective == "elbo"
+                               else ("loss",), 0.0)
         cached = []  # detached features for the posterior steps
         for global_batch in micro_batches:
             examples, weight = self.world.slice_of(global_batch)
@@ -262,7 +264,7 @@ class Trainer:
             share = weight / len(micro_batches)
             (terms["loss"] * share).backward()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() * share
+                totals[name] += value.item() * share
             cached.append((phi.detach(), batch, share))
         self.world.sum_gradients(self._trainable(first_block))
         totals = self.world.sum_values(totals)

@@ -134,11 +134,20 @@ def test_mixed_precision_switch_sets_the_autocast_dtype():
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """polar_vbll on ``tiny``: 2 processes x 4 questions, 1 x 8, and 2 x 2 x 2 accumulated."""
+    """polar_vbll on ``tiny``: 2 processes x 4 questions, 1 x 8, and 2 x 2 x 2 accumulated.
+
+    33 training questions: the 5th step's global batch is the epoch's last, one question, so
+    rank 1's slice is empty there (it must add zero gradients and still join the all-reduce).
+    """
     folder = tmp_path_factory.mktemp("ddp_tiny")
-    common = ["--model", "tiny", "--method", "polar_vbll", "--steps", "4"]
+    common = ["--model", "tiny", "--method", "polar_vbll", "--steps", "5", "--train", "33"]
     launch([str(WORKER), str(folder / "two"), *common, "--batch-size", "4"])
     launch([str(WORKER), str(folder / "one"), *common, "--batch-size", "8"], launcher="python")
+    # accumulation: 32 questions, 4 steps (no short batch: micro-batches and the larger batch
+    # would part at an epoch's end)
+    common = ["--model", "tiny", "--method", "polar_vbll", "--steps", "4", "--train", "32"]
+    launch([str(WORKER), str(folder / "one_32"), *common, "--batch-size", "8"],
+           launcher="python")
     # the variable accelerate's Accelerator reads (accelerate launch's own
     # --gradient_accumulation_steps flag reaches it only in DeepSpeed runs)
     launch([str(WORKER), str(folder / "accumulated"), *common, "--batch-size", "2"],
@@ -161,7 +170,7 @@ def test_both_ranks_hold_identical_polar_factors_and_posterior(tiny_runs):
 
 
 def test_accelerate_gradient_accumulation_switch_matches_the_larger_batch(tiny_runs):
-    accumulated, one = ranks(tiny_runs / "accumulated", 2), ranks(tiny_runs / "one", 1)[0]
+    accumulated, one = ranks(tiny_runs / "accumulated", 2), ranks(tiny_runs / "one_32", 1)[0]
     assert_identical_ranks(accumulated)
     assert_same_steps(accumulated[0], one, tolerance=1e-5)
 

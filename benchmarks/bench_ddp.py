@@ -38,13 +38,13 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "ddp_worker.py"
+sys.path.insert(0, str(REPO / "tests"))
+
+from browser import free_port  # noqa: E402  (tests/browser.py: a free loopback port)
 
 
 def run_side(processes: int, threads: int, batch: int, steps: int, adapt_layers: str) -> float:
     """Median seconds per optimizer step (after the first) of one fresh job."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from browser import free_port
-
     with tempfile.TemporaryDirectory() as folder:
         worker = [str(WORKER), folder, "--model", "smollm2-135m", "--method", "polar_vbll",
                   "--steps", str(steps), "--train", str(max(64, batch * steps)),

@@ -246,7 +246,7 @@ class ChoiceForm:
             rows, _ = choice_rows(self.tokenizer, examples, self.max_length)
             world = distributed.world()
             with world.main_first():
-                self.cache.prepare(rows, progress=progress and world.is_main)
+                self.cache.prepare(rows, progress=progress if world.is_main else False)
 
     def encode(self, examples) -> dict:
         batch = encode_choices(self.tokenizer, examples, self.max_length)

@@ -123,7 +123,7 @@ def _profile(args):
     profile = profiles.get_profile(args.profile)
     changes = {}
     known = {field.name for field in fields(profile)} - {"name"}
-    for item in getattr(args, "set", []) or []:
+    for item in args.set:
         field, separator, text = item.partition("=")
         if not separator or field.strip() not in known:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
@@ -186,7 +186,8 @@ def run_finetune(args) -> int:
     from polar_vbll.checkpoints import ensure_writable_folder
 
     profile = _profile(args)
-    main = distributed.world().is_main  # under accelerate launch / torchrun: rank 0 writes
+    world = distributed.world()
+    main = world.is_main  # under accelerate launch / torchrun: rank 0 writes
     if args.resume and not args.out:
         raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
     if args.out and main:
@@ -202,14 +203,14 @@ def run_finetune(args) -> int:
     if not main:
         return 0
     summary = metrics.summarize(record["probs"], record["labels"])
-    world = distributed.world()
     _print_summary(f"{args.method} on {args.task}/test"
                    + (f" ({world.size} processes)" if world.distributed else ""), summary)
     if args.out:
         method.save(Path(args.out) / "model")
         path = _write_json(args.out, "result.json", {
             "task": args.task, "method": args.method, "profile": profile.to_dict(),
-            "processes": world.size, "metrics": summary, "seconds_per_example": record["seconds_per_example"],
+            "processes": world.size, "metrics": summary,
+            "seconds_per_example": record["seconds_per_example"],
             "history": method.history})
         print(f"wrote {path} and the model in {Path(args.out) / 'model'}")
     return 0

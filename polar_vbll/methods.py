@@ -186,7 +186,7 @@ class Method:
         p, s = self.profile, self.spec
         rate = p.polar_learning_rate if s.adapter == "polar" and p.polar_learning_rate else \
             p.learning_rate
-        # accelerate launch --gradient_accumulation_steps N overrides the profile's
+        # accelerate's ACCELERATE_GRADIENT_ACCUMULATION_STEPS overrides the profile's
         accumulation = distributed.world().gradient_accumulation or p.grad_accumulation
         return TrainConfig(
             steps=p.steps, batch_size=p.batch_size, grad_accumulation=accumulation,

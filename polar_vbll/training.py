@@ -56,7 +56,9 @@ from polar_vbll.errors import ConfigError, NumericalError
 from polar_vbll.stiefel import make_stiefel_optimizer
 from polar_vbll.vbll import VBLLHead
 
-OBJECTIVES = ("cross_entropy", "elbo")
+# the terms objective() returns (and every step logs) for each objective
+LOSS_TERMS = {"cross_entropy": ("loss",), "elbo": ("loss", "bound", "kl")}
+OBJECTIVES = tuple(LOSS_TERMS)
 SCHEDULES = ("joint", "alternating")
 
 
@@ -169,12 +171,12 @@ class Trainer:
     """Trains the adapters inside ``model`` and ``head`` on a list of examples."""
 
     def __init__(self, model, tokenizer, head: nn.Module, config: TrainConfig, num_data: int,
-                 form=None, world: distributed.World | None = None):
+                 form=None):
         if config.objective == "elbo" and not isinstance(head, VBLLHead):
             raise ConfigError("objective='elbo' needs a VBLLHead")
         self.model, self.tokenizer, self.head, self.config = model, tokenizer, head, config
         self.num_data = int(num_data)  # all training questions (the ELBO's N), not a shard's
-        self.world = world or distributed.world()
+        self.world = distributed.world()
         self.form = form or LetterForm(model, tokenizer, config.max_length)
         self.device = next(head.parameters()).device
         self.adapters = adapter_lib.adapters_of(model)
@@ -250,8 +252,7 @@ class Trainer:
         self.model.train()
         self._zero_grad()
         # the same names on every process, also on one whose slice is empty
-        totals = dict.fromkeys(("loss", "bound", "kl") if config.objective == "elbo"
-                               else ("loss",), 0.0)
+        totals = dict.fromkeys(LOSS_TERMS[config.objective], 0.0)
         cached = []  # detached features for the posterior steps
         for global_batch in micro_batches:
             examples, weight = self.world.slice_of(global_batch)

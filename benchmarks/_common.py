@@ -185,6 +185,13 @@ def add_results_options(parser, default_methods: str) -> None:
     parser.add_argument("--out", default=None,
                         help="when training now: also write results.json + report.html here "
                              "(seed i goes to OUT/seed<i>)")
+    parser.add_argument("--committed", action="store_true",
+                        help="read the committed cpu-tier checkpoints (polar_vbll/trained) instead "
+                             "of a results.json or a new fine-tune; nothing is trained")
+    parser.add_argument("--test-questions", default=None, metavar="N|all",
+                        help="with --committed: score this many test questions (default: the "
+                             "ones the checkpoints recorded, the profile's test_examples); the "
+                             "recorded ones are reused and the others predicted now")
 
 
 def fine_tune_results(args) -> tuple[list[dict], list[str]]:
@@ -202,6 +209,10 @@ def fine_tune_results(args) -> tuple[list[dict], list[str]]:
         sources.append(str(path))
     if runs:
         return runs, sources
+    if args.committed:
+        run = committed_results(args.task, [m.strip() for m in args.methods.split(",")],
+                                args.test_questions)
+        return [run], [run["source"]]
     from polar_vbll import evaluation
 
     for seed in range(args.repeats):
@@ -222,3 +233,53 @@ def pick_methods(args, run: dict) -> tuple[str, str]:
             raise SystemExit(f"method {name!r} is not in the results (it has "
                              f"{sorted(run['methods'])}); choose --methods")
     return baseline, candidate
+
+
+def committed_results(task: str, methods: list[str], test_questions=None) -> dict:
+    """A results dict (as results.json holds it) from the committed cpu-tier checkpoints.
+
+    ``test_questions``: None for the questions each checkpoint recorded (the profile's
+    ``test_examples``), an int or "all" for more: the recorded ones are reused (and must be the
+    split's first ones) and the rest of the split is predicted now with the loaded method.
+    """
+    import torch
+
+    from polar_vbll import data, metrics, pretrained
+    from polar_vbll.profiles import get_profile
+
+    profile = get_profile(pretrained.COMMITTED_TIER)
+    wanted = None if test_questions in (None, "all") else int(test_questions)
+    examples = data.load_task(task, "test", limit=wanted)
+    if test_questions is None:
+        examples = examples[:profile.test_examples]
+    result = {"task": task, "profile": profile.to_dict(), "seed": 0, "model": None,
+              "methods": {}, "test_questions": len(examples),
+              "source": f"committed checkpoints ({pretrained.COMMITTED_TIER} tier), "
+                        f"{len(examples)} {task} test questions"}
+    for name in methods:
+        path, reasons = pretrained.find(pretrained.Run(name, task, profile))
+        if path is None:
+            raise SystemExit(f"no committed {name!r} checkpoint for {task}: {'; '.join(reasons)}"
+                             " (run `polar-vbll checkpoints`)")
+        fitted = pretrained.load(path)
+        result["model"] = fitted.run.model
+        record = {k: fitted.records[task][k] for k in ("probs", "labels")}
+        recorded = len(record["labels"])
+        if record["labels"].tolist() != [e.label for e in examples[:recorded]][:recorded] \
+                and len(examples) >= recorded:
+            raise SystemExit(f"{path.name}: its recorded labels are not those of the first "
+                             f"{recorded} {task} test questions; re-run `polar-vbll checkpoints`")
+        if len(examples) > recorded:
+            more = fitted.method.predict(examples[recorded:])
+            width = max(record["probs"].shape[1], more["probs"].shape[1])
+            pad = lambda p: torch.nn.functional.pad(p.float(), (0, width - p.shape[1]))
+            record = {"probs": torch.cat([pad(record["probs"]), pad(more["probs"])]),
+                      "labels": torch.cat([record["labels"], more["labels"]])}
+        elif len(examples) < recorded:
+            record = {k: v[:len(examples)] for k, v in record.items()}
+        result["methods"][name] = {
+            "metrics": {task: metrics.summarize(record["probs"], record["labels"])},
+            "records": {task: {k: v.tolist() for k, v in record.items()}},
+            "history": fitted.history, "fit_seconds": fitted.fit_seconds,
+            "loaded_from": path.name}
+    return result

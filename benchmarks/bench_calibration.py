@@ -4,10 +4,15 @@ Both methods are fitted by ``evaluation.compare`` on the same task, profile, dat
 scored by ``polar_vbll.metrics`` (ECE with 15 bins, top label); or the figures are read from the
 results.json of such a run (``--from-results``), which avoids re-training. When the results
 hold the per-question probabilities, a paired bootstrap over test questions (same resample for
-both methods) gives the spread of the ECE ratio.
+both methods) gives the spread of the ECE ratio, and each method's *ECE noise floor* (the ECE a
+perfectly calibrated model with its confidences would show on as many questions,
+``metrics.ece_noise_floor``) says how small an ECE the test set can resolve. ``--committed``
+scores the committed cpu-tier checkpoints, optionally on more test questions than they recorded
+(``--test-questions all``: the whole split; nothing is trained).
 
     .venv/bin/python benchmarks/bench_calibration.py --from-results results/demo/results.json
     .venv/bin/python benchmarks/bench_calibration.py --profile smoke      # trains now (fast)
+    .venv/bin/python benchmarks/bench_calibration.py --committed --test-questions all
 
 Target (issue): ECE(polar_vbll) <= 0.33 x ECE(mle) at an accuracy at most 1 point lower.
 """
@@ -26,22 +31,24 @@ ECE_RATIO_TARGET = 0.33
 ACCURACY_DROP_POINTS = 1.0
 
 
-def bootstrap_ece_ratio(base_record, cand_record, resamples: int, seed: int):
+def ece_ratio(candidate, baseline, labels) -> float:
     from polar_vbll.metrics import expected_calibration_error
 
-    base_p, labels = np.asarray(base_record["probs"]), np.asarray(base_record["labels"])
-    cand_p = np.asarray(cand_record["probs"])
+    return expected_calibration_error(candidate, labels) / expected_calibration_error(baseline, labels)
+
+
+def bootstrap_ece_ratio(base_record, cand_record, resamples: int, seed: int):
+    """Paired bootstrap (same questions for both) of ECE(candidate) / ECE(baseline), 95%."""
+    from polar_vbll.metrics import paired_bootstrap
+
+    labels = np.asarray(base_record["labels"])
     if not np.array_equal(labels, np.asarray(cand_record["labels"])):
         return None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(labels), len(labels))
-        base = expected_calibration_error(base_p[idx], labels[idx])
-        if base > 0:
-            values.append(expected_calibration_error(cand_p[idx], labels[idx]) / base)
-    low, mid, high = np.percentile(values, [2.5, 50, 97.5])
-    return {"resamples": len(values), "p2_5": float(low), "median": float(mid), "p97_5": float(high)}
+    result = paired_bootstrap(ece_ratio, np.asarray(cand_record["probs"]),
+                              np.asarray(base_record["probs"]), labels, draws=resamples,
+                              level=0.95, seed=seed)
+    return {"resamples": resamples, "p2_5": result["low"], "value": result["value"],
+            "p97_5": result["high"]}
 
 
 def main() -> None:
@@ -51,7 +58,10 @@ def main() -> None:
     args = parser.parse_args()
     _common.apply_threads(args)
     runs, sources = _common.fine_tune_results(args)
-    header = f"{'run':<4} {'method':<12} {'N':>5} {'ACC %':>7} {'ECE %':>7} {'NLL':>7} {'Brier':>7}"
+    from polar_vbll import metrics
+
+    header = (f"{'run':<4} {'method':<12} {'N':>5} {'ACC %':>7} {'ECE %':>7} {'floor %':>7} "
+              f"{'NLL':>7} {'Brier':>7}")
     lines = [f"calibration on the {args.task} test split", header, "-" * len(header)]
     measurements, ece_ratios, nll_ratios, accuracy_deltas = [], [], [], []
     for index, run in enumerate(runs):
@@ -62,9 +72,13 @@ def main() -> None:
             row[name] = {k: summary[k] for k in ("accuracy", "ece", "nll", "brier") if k in summary}
             records = run["methods"][name].get("records", {}).get(args.task, {})
             row[name]["questions"] = len(records.get("labels", [])) or None
+            if "probs" in records:  # the ECE a perfectly calibrated model would show here
+                row[name]["ece_noise_floor"] = metrics.ece_noise_floor(records["probs"])
             s = row[name]
+            floor = s.get("ece_noise_floor", {}).get("mean", float("nan"))
             lines.append(f"{index:<4} {name:<12} {s['questions'] or '?':>5} {100 * s['accuracy']:>7.1f} "
-                         f"{100 * s['ece']:>7.2f} {s['nll']:>7.3f} {s.get('brier', float('nan')):>7.3f}")
+                         f"{100 * s['ece']:>7.2f} {100 * floor:>7.2f} {s['nll']:>7.3f} "
+                         f"{s.get('brier', float('nan')):>7.3f}")
         row["ece_ratio"] = row[candidate]["ece"] / row[baseline]["ece"]
         row["nll_ratio"] = row[candidate]["nll"] / row[baseline]["nll"]
         row["accuracy_delta_points"] = 100 * (row[candidate]["accuracy"] - row[baseline]["accuracy"])

@@ -14,6 +14,11 @@ questions (one backbone pass per question, no training).
 
     .venv/bin/python benchmarks/bench_learning.py --from-results results/demo/results.json
     .venv/bin/python benchmarks/bench_learning.py --profile smoke      # trains now (fast)
+    .venv/bin/python benchmarks/bench_learning.py --committed --test-questions all
+
+Target 2 also reports how much the test set can resolve: each method's ECE noise floor (the ECE a
+perfectly calibrated model with its confidences would show on as many questions,
+``metrics.ece_noise_floor``) and a paired bootstrap 90% interval of the ECE ratio.
 """
 
 from __future__ import annotations
@@ -36,11 +41,35 @@ def letter_zero_shot(run: dict, task: str) -> dict:
     from polar_vbll.profiles import Profile
 
     profile = Profile(**run["profile"])
-    examples = data.load_task(task, "test", limit=profile.test_examples)
+    questions = run.get("test_questions", profile.test_examples)  # --committed may ask for more
+    examples = data.load_task(task, "test", limit=questions)
     method = methods.make_method("zero_shot", profile=profile, model_name=run["model"],
                                  progress=False, head_form="letter")
     record = method.predict(examples)
     return metrics.summarize(record["probs"], record["labels"])
+
+
+def how_sure(run: dict, task: str) -> dict:
+    """How much of target 2 the test set can resolve (when the run kept its probabilities): the
+    ECE noise floor of both methods (the ECE a perfectly calibrated model with their confidences
+    would show on these questions) and a paired bootstrap 90% interval of the ECE ratio."""
+    from polar_vbll import metrics
+
+    records = {name: run["methods"][name].get("records", {}).get(task, {})
+               for name in ("mle", "polar_vbll")}
+    if not all("probs" in r for r in records.values()):
+        return {}
+    mle, polar_vbll = records["mle"], records["polar_vbll"]
+
+    def ratio(candidate, baseline, labels):
+        return (metrics.expected_calibration_error(candidate, labels)
+                / metrics.expected_calibration_error(baseline, labels))
+
+    interval = metrics.paired_bootstrap(ratio, polar_vbll["probs"], mle["probs"], mle["labels"],
+                                        draws=1000, level=0.9)
+    return {"ece_noise_floor": {name: metrics.ece_noise_floor(r["probs"])
+                                for name, r in records.items()},
+            "ece_ratio_interval_90": [interval["low"], interval["high"]]}
 
 
 def mean_stable_rank(entry: dict) -> float | None:
@@ -72,6 +101,7 @@ def main() -> None:
     calibration = {"ece_ratio": polar_vbll["ece"] / mle["ece"],
                    "nll_difference": polar_vbll["nll"] - mle["nll"],
                    "accuracy_delta_points": points["polar_vbll"] - points["mle"]}
+    calibration.update(how_sure(run, task))
     calibration["met"] = bool(calibration["ece_ratio"] <= ECE_RATIO
                               and calibration["nll_difference"] < 0
                               and calibration["accuracy_delta_points"] >= -ACCURACY_DROP)
@@ -94,6 +124,12 @@ def main() -> None:
               f"mle - letter {learning['mle_minus_letter_points']:+.1f} points",
               f"2 calibration: ECE ratio {calibration['ece_ratio']:.2f}, NLL difference "
               f"{calibration['nll_difference']:+.3f}, ACC {calibration['accuracy_delta_points']:+.1f} points",
+              *([f"  ECE noise floor (a calibrated model, these questions): mle "
+                 f"{100 * calibration['ece_noise_floor']['mle']['mean']:.1f}%, polar_vbll "
+                 f"{100 * calibration['ece_noise_floor']['polar_vbll']['mean']:.1f}%; ECE ratio "
+                 f"90% interval {calibration['ece_ratio_interval_90'][0]:.2f}.."
+                 f"{calibration['ece_ratio_interval_90'][1]:.2f}"]
+                if "ece_noise_floor" in calibration else []),
               f"3 rank: PoLAR {rank['polar_mean_stable_rank']} / LoRA {rank['lora_mean_stable_rank']}",
               f"4 time: fits {', '.join(f'{k} {v:.0f} s' for k, v in fits.items() if v)}"]
     met = learning["met"] and calibration["met"] and rank["met"] and timing["met"]

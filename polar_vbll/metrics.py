@@ -178,3 +178,63 @@ def summarize(probs, labels, n_bins: int = 15) -> dict:
         "brier": brier_score(probs, labels),
         "n": int(len(labels)),
     }
+
+
+# --------------------------------------------------------------------------- how far to trust an ECE
+
+
+def ece_noise_floor(probs, n_bins: int = 15, draws: int = 400, seed: int = 0) -> dict:
+    """The ECE a *perfectly calibrated* model with these probabilities shows on this many examples.
+
+    ECE is a biased estimate: even a model whose confidences are exactly right scores above 0,
+    because each bin's accuracy is a mean over few examples. Here the labels are drawn from the
+    model's own probabilities, ``y_i ~ Categorical(p_i)``, so the model is calibrated by
+    construction and every bit of the ECE measured on the draws is sampling noise. With 500
+    multiple-choice questions at ~50% confidence this is about 5 points: an ECE near it says
+    "as calibrated as we can tell", and a smaller one is luck.
+
+    Returns ``{"mean", "p05", "p95", "draws", "n"}`` (fractions, like
+    :func:`expected_calibration_error`).
+    """
+    probs = check_predictions(probs, np.zeros(len(to_numpy(probs, "probs")), dtype=np.int64))[0]
+    n_bins = check_number_of_bins(n_bins)
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise DataError(f"draws must be an integer >= 1; got {draws!r}")
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+    values = []
+    for _ in range(draws):
+        uniform = rng.random((len(probs), 1))
+        labels = np.minimum((uniform > cumulative).sum(axis=1), probs.shape[1] - 1)
+        values.append(expected_calibration_error(probs, labels, n_bins))
+    return {"mean": float(np.mean(values)), "p05": float(np.percentile(values, 5)),
+            "p95": float(np.percentile(values, 95)), "draws": int(draws), "n": int(len(probs))}
+
+
+def paired_bootstrap(statistic, probs_a, probs_b, labels, draws: int = 1000, level: float = 0.9,
+                     seed: int = 0) -> dict:
+    """How sure is a comparison of two models on the same questions? A paired bootstrap.
+
+    ``statistic(probs_a, probs_b, labels) -> float`` (e.g. the ratio of the two ECEs) is
+    recomputed on ``draws`` resamples of the *questions* (with replacement, the same questions
+    for both models, so what they share cancels). Returns ``{"value", "low", "high", "level",
+    "draws"}``: the statistic on all questions and the central ``level`` interval of the
+    resampled ones.
+    """
+    shape_a, shape_b = to_numpy(probs_a, "probs_a").shape, to_numpy(probs_b, "probs_b").shape
+    if shape_a != shape_b:
+        raise ShapeError(f"paired_bootstrap needs two predictions on the same questions; got "
+                         f"probs {shape_a} and {shape_b}")
+    probs_a, labels = check_predictions(probs_a, labels)
+    probs_b, _ = check_predictions(probs_b, labels)
+    if not 0 < level < 1:
+        raise DataError(f"level must be between 0 and 1; got {level!r}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(draws)):
+        index = rng.integers(0, len(labels), len(labels))
+        values.append(statistic(probs_a[index], probs_b[index], labels[index]))
+    tail = 100 * (1 - level) / 2
+    return {"value": float(statistic(probs_a, probs_b, labels)),
+            "low": float(np.percentile(values, tail)), "high": float(np.percentile(values, 100 - tail)),
+            "level": float(level), "draws": int(draws)}

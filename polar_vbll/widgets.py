@@ -37,6 +37,7 @@ from polar_vbll.errors import ConfigError, DataError, ShapeError
 
 MAX_BINS = 50
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 10.0
+NOISE_FLOOR_DRAWS = 200  # label draws behind the explorer's "ECE of a calibrated model" row
 
 
 def probabilities_from_logits(logits, temperature: float = 1.0, mask=None) -> np.ndarray:
@@ -233,12 +234,19 @@ class CalibrationExplorer(_Explorer):
         probs, self.source = predictive_probabilities(record, number_of_samples, temperature)
         labels = record["labels"]
         self.metrics = metrics.summarize(probs, labels, self.bins.value)
+        # what a perfectly calibrated model with these confidences would score on these questions
+        self.metrics["ece_noise_floor"] = metrics.ece_noise_floor(probs, self.bins.value,
+                                                                  draws=NOISE_FLOOR_DRAWS)
+        floor = self.metrics["ece_noise_floor"]
         figure = viz.reliability_diagram({self.method.value: {"probs": probs, "labels": labels}}, self.bins.value)
         figure.update_layout(title_text=f"{self.method.value} on {self.dataset.value} ({self.bins.value} bins)")
         self.table.value = (
             "<table style='font-size:15px'>"
             f"<tr><td>accuracy</td><td>{100 * self.metrics['accuracy']:.1f}%</td></tr>"
             f"<tr><td>ECE ({self.bins.value} bins)</td><td>{100 * self.metrics['ece']:.2f}%</td></tr>"
+            f"<tr><td>ECE of a calibrated model, same questions (noise floor)</td>"
+            f"<td>{100 * floor['mean']:.2f}% (90% of draws {100 * floor['p05']:.1f}-"
+            f"{100 * floor['p95']:.1f}%)</td></tr>"
             f"<tr><td>NLL</td><td>{self.metrics['nll']:.4f} nats</td></tr>"
             f"<tr><td>Brier</td><td>{self.metrics['brier']:.4f}</td></tr>"
             f"<tr><td>examples</td><td>{self.metrics['n']}</td></tr>"

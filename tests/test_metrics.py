@@ -160,3 +160,66 @@ def test_bad_number_of_bins(n_bins):
 def test_row_sum_tolerance_accepts_float32_rounding():
     probs = np.array([[0.3333, 0.3333, 0.3334 + 5e-5]])
     assert metrics.accuracy(probs, [2]) == 1.0
+
+
+# --------------------------------------------------------------------------- how far to trust an ECE
+
+
+def test_ece_noise_floor_matches_the_exact_binomial_expectation():
+    # every example at confidence 0.7 -> one bin; labels drawn from the model -> the number
+    # correct is Binomial(n, 0.7) and the ECE is |k / n - 0.7|: its mean, summed exactly
+    n, c = 40, 0.7
+    exact = sum(math.comb(n, k) * c ** k * (1 - c) ** (n - k) * abs(k / n - c) for k in range(n + 1))
+    probs = np.tile([c, 1 - c], (n, 1))
+    floor = metrics.ece_noise_floor(probs, draws=4000, seed=1)
+    spread = math.sqrt(c * (1 - c) / n)  # std of k / n, an upper bound on the std of |k/n - c|
+    assert abs(floor["mean"] - exact) < 4 * spread / math.sqrt(4000)
+    assert floor["p05"] <= floor["mean"] <= floor["p95"] and floor["n"] == n
+
+
+def test_ece_noise_floor_shrinks_like_one_over_root_n():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=1600)
+    small = metrics.ece_noise_floor(probs[:100], draws=300)["mean"]
+    large = metrics.ece_noise_floor(probs, draws=300)["mean"]
+    assert 2.5 < small / large < 6  # sqrt(16) = 4, give or take the bins' own bias
+
+
+def test_ece_noise_floor_rejects_bad_input():
+    with pytest.raises(DataError, match="draws"):
+        metrics.ece_noise_floor(np.full((3, 2), 0.5), draws=0)
+    with pytest.raises(DataError, match="sum to 1"):
+        metrics.ece_noise_floor(np.full((3, 2), 0.7))
+
+
+def ece_ratio(a, b, y):
+    return metrics.expected_calibration_error(a, y) / metrics.expected_calibration_error(b, y)
+
+
+def test_paired_bootstrap_of_identical_models_is_exactly_one():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=200)
+    labels = rng.integers(0, 4, 200)
+    result = metrics.paired_bootstrap(ece_ratio, probs, probs, labels, draws=200)
+    assert result["value"] == result["low"] == result["high"] == 1.0
+
+
+def test_paired_bootstrap_interval_covers_a_known_accuracy_gap():
+    # a is right on every question, b on every other one: the gap is 0.5 on any resample
+    # that keeps the mix, and the interval stays close around it
+    labels = np.zeros(400, dtype=int)
+    a = np.tile([0.9, 0.1], (400, 1))
+    b = np.where(np.arange(400)[:, None] % 2 == 0, [0.9, 0.1], [0.1, 0.9])
+
+    def gap(pa, pb, y):
+        return metrics.accuracy(pa, y) - metrics.accuracy(pb, y)
+
+    result = metrics.paired_bootstrap(gap, a, b, labels, draws=500, level=0.9)
+    assert result["value"] == pytest.approx(0.5)
+    assert 0.43 < result["low"] < 0.5 < result["high"] < 0.57  # +- 1.64 * sqrt(.25 / 400)
+
+
+def test_paired_bootstrap_needs_the_same_questions():
+    with pytest.raises(ShapeError, match=r"\(3, 2\).*\(4, 2\)"):
+        metrics.paired_bootstrap(ece_ratio, np.full((3, 2), 0.5), np.full((4, 2), 0.5),
+                                 [0, 1, 0])

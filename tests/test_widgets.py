@@ -67,7 +67,10 @@ def test_calibration_explorer_controls_update_figure_and_metrics():
     assert explorer.method.value == "polar_vbll" and explorer.dataset.value == "obqa"
     assert not explorer.samples.disabled and explorer.samples.max == 6 and explorer.samples.value == 6
     record = results()["polar_vbll"]["obqa"]
+    floor = explorer.metrics.pop("ece_noise_floor")
     assert explorer.metrics == metrics.summarize(record["probs"], record["labels"], 15)
+    assert floor == metrics.ece_noise_floor(record["probs"], 15, draws=widgets.NOISE_FLOOR_DRAWS)
+    assert f"{100 * floor['mean']:.2f}%" in explorer.table.value and "noise floor" in explorer.table.value
 
     explorer.bins.value = 10
     assert len(bars(explorer.figure).x) == 10

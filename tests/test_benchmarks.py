@@ -1,0 +1,66 @@
+"""The calibration benchmarks on the committed cpu-tier checkpoints (``--committed``): they read
+what the checkpoints recorded, and score further test questions with the loaded methods."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from polar_vbll import data, metrics, pretrained
+from polar_vbll.profiles import get_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def committed(name: str) -> pretrained.Fitted:
+    path, reasons = pretrained.find(pretrained.Run(name, "arc_easy", get_profile("cpu")))
+    assert path is not None, reasons
+    return pretrained.load(path)
+
+
+def test_calibration_benchmark_reads_the_committed_checkpoints():
+    row = bench("bench_calibration.py", "--committed", "--bootstrap", "200")["measurements"][0]
+    for name in ("mle", "polar_vbll"):
+        recorded = committed(name).metrics["arc_easy"]
+        assert row[name]["questions"] == get_profile("cpu").test_examples
+        assert row[name]["ece"] == pytest.approx(recorded["ece"], abs=1e-9)
+        assert row[name]["nll"] == pytest.approx(recorded["nll"], abs=1e-9)
+        floor = row[name]["ece_noise_floor"]
+        assert floor["p05"] < floor["mean"] < floor["p95"] and 0.02 < floor["mean"] < 0.09
+    boot = row["ece_ratio_bootstrap"]
+    assert boot["p2_5"] <= boot["value"] <= boot["p97_5"]
+    assert boot["value"] == pytest.approx(row["polar_vbll"]["ece"] / row["mle"]["ece"])
+
+
+def test_calibration_benchmark_scores_questions_the_checkpoints_did_not_record():
+    recorded = get_profile("cpu").test_examples
+    row = bench("bench_calibration.py", "--committed", "--test-questions", str(recorded + 6),
+                "--bootstrap", "0")["measurements"][0]
+    fitted = committed("mle")
+    questions = data.load_task("arc_easy", "test", limit=recorded + 6)
+    # the recorded 500 plus the 6 the loaded method predicts now (the last 8 re-predicted here:
+    # 2 recorded, 6 new, so the reloaded method is checked against its own record as well)
+    tail = fitted.method.predict(questions[recorded - 2:])
+    width = fitted.records["arc_easy"]["probs"].shape[1]  # a batch pads to its own most choices
+    tail["probs"] = torch.nn.functional.pad(tail["probs"], (0, width - tail["probs"].shape[1]))
+    torch.testing.assert_close(tail["probs"][:2].float(),
+                               fitted.records["arc_easy"]["probs"][-2:].float(), atol=1e-5, rtol=0)
+    probs = torch.cat([fitted.records["arc_easy"]["probs"].float(), tail["probs"][2:].float()])
+    labels = torch.tensor([q.label for q in questions])
+    assert row["mle"]["questions"] == recorded + 6
+    assert row["mle"]["ece"] == pytest.approx(metrics.expected_calibration_error(probs, labels),
+                                              abs=1e-6)
+    assert row["mle"]["nll"] == pytest.approx(metrics.negative_log_likelihood(probs, labels),
+                                              abs=1e-6)

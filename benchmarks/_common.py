@@ -172,6 +172,19 @@ def add_repo_to_path() -> None:
         sys.path.insert(0, root)
 
 
+def question_count(text: str):
+    """argparse type of --test-questions: "all" or a whole number >= 1."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of questions >= 1 or 'all', got {text!r}")
+    return value
+
+
 def add_results_options(parser, default_methods: str) -> None:
     """Options of the benchmarks that read a fine-tune: reuse a results.json or train now."""
     parser.add_argument("--from-results", action="append", default=[], metavar="PATH",
@@ -188,7 +201,7 @@ def add_results_options(parser, default_methods: str) -> None:
     parser.add_argument("--committed", action="store_true",
                         help="read the committed cpu-tier checkpoints (polar_vbll/trained) instead "
                              "of a results.json or a new fine-tune; nothing is trained")
-    parser.add_argument("--test-questions", default=None, metavar="N|all",
+    parser.add_argument("--test-questions", default=None, metavar="N|all", type=question_count,
                         help="with --committed: score this many test questions (default: the "
                              "ones the checkpoints recorded, the profile's test_examples); the "
                              "recorded ones are reused and the others predicted now")
@@ -207,6 +220,9 @@ def fine_tune_results(args) -> tuple[list[dict], list[str]]:
             raise SystemExit(f"--from-results {path}: no such file")
         runs.append(json.loads(path.read_text()))
         sources.append(str(path))
+    if args.test_questions is not None and not args.committed:
+        raise SystemExit("--test-questions applies to --committed only (a results.json or a new "
+                         "fine-tune has the profile's test questions)")
     if runs:
         return runs, sources
     if args.committed:
@@ -248,7 +264,7 @@ def committed_results(task: str, methods: list[str], test_questions=None) -> dic
     from polar_vbll.profiles import get_profile
 
     profile = get_profile(pretrained.COMMITTED_TIER)
-    wanted = None if test_questions in (None, "all") else int(test_questions)
+    wanted = None if test_questions in (None, "all") else test_questions
     examples = data.load_task(task, "test", limit=wanted)
     if test_questions is None:
         examples = examples[:profile.test_examples]
@@ -265,8 +281,8 @@ def committed_results(task: str, methods: list[str], test_questions=None) -> dic
         result["model"] = fitted.run.model
         record = {k: fitted.records[task][k] for k in ("probs", "labels")}
         recorded = len(record["labels"])
-        if record["labels"].tolist() != [e.label for e in examples[:recorded]][:recorded] \
-                and len(examples) >= recorded:
+        shared = min(recorded, len(examples))
+        if record["labels"][:shared].tolist() != [e.label for e in examples[:shared]]:
             raise SystemExit(f"{path.name}: its recorded labels are not those of the first "
                              f"{recorded} {task} test questions; re-run `polar-vbll checkpoints`")
         if len(examples) > recorded:

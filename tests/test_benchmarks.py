@@ -64,3 +64,15 @@ def test_calibration_benchmark_scores_questions_the_checkpoints_did_not_record()
                                               abs=1e-6)
     assert row["mle"]["nll"] == pytest.approx(metrics.negative_log_likelihood(probs, labels),
                                               abs=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--committed", "--test-questions", "abc"], "expected a number of questions >= 1 or 'all', got 'abc'"),
+    (["--committed", "--test-questions", "0"], "got '0'"),
+    (["--test-questions", "5"], "--test-questions applies to --committed only"),
+])
+def test_calibration_benchmark_rejects_a_bad_question_count(args, message):
+    done = subprocess.run([sys.executable, "benchmarks/bench_calibration.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr

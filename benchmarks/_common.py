@@ -285,12 +285,10 @@ def committed_results(task: str, methods: list[str], test_questions=None) -> dic
         if record["labels"][:shared].tolist() != [e.label for e in examples[:shared]]:
             raise SystemExit(f"{path.name}: its recorded labels are not those of the first "
                              f"{recorded} {task} test questions; re-run `polar-vbll checkpoints`")
-        if len(examples) > recorded:
+        if len(examples) > recorded:  # every record has data.NUM_CLASSES columns
             more = fitted.method.predict(examples[recorded:])
-            width = max(record["probs"].shape[1], more["probs"].shape[1])
-            pad = lambda p: torch.nn.functional.pad(p.float(), (0, width - p.shape[1]))
-            record = {"probs": torch.cat([pad(record["probs"]), pad(more["probs"])]),
-                      "labels": torch.cat([record["labels"], more["labels"]])}
+            record = {key: torch.cat([record[key], more[key].to(record[key].dtype)])
+                      for key in ("probs", "labels")}
         elif len(examples) < recorded:
             record = {k: v[:len(examples)] for k, v in record.items()}
         result["methods"][name] = {

@@ -31,15 +31,9 @@ ECE_RATIO_TARGET = 0.33
 ACCURACY_DROP_POINTS = 1.0
 
 
-def ece_ratio(candidate, baseline, labels) -> float:
-    from polar_vbll.metrics import expected_calibration_error
-
-    return expected_calibration_error(candidate, labels) / expected_calibration_error(baseline, labels)
-
-
 def bootstrap_ece_ratio(base_record, cand_record, resamples: int, seed: int):
     """Paired bootstrap (same questions for both) of ECE(candidate) / ECE(baseline), 95%."""
-    from polar_vbll.metrics import paired_bootstrap
+    from polar_vbll.metrics import ece_ratio, paired_bootstrap
 
     labels = np.asarray(base_record["labels"])
     if not np.array_equal(labels, np.asarray(cand_record["labels"])):

@@ -60,12 +60,7 @@ def how_sure(run: dict, task: str) -> dict:
     if not all("probs" in r for r in records.values()):
         return {}
     mle, polar_vbll = records["mle"], records["polar_vbll"]
-
-    def ratio(candidate, baseline, labels):
-        return (metrics.expected_calibration_error(candidate, labels)
-                / metrics.expected_calibration_error(baseline, labels))
-
-    interval = metrics.paired_bootstrap(ratio, polar_vbll["probs"], mle["probs"], mle["labels"],
+    interval = metrics.paired_bootstrap(metrics.ece_ratio, polar_vbll["probs"], mle["probs"], mle["labels"],
                                         draws=1000, level=0.9)
     return {"ece_noise_floor": {name: metrics.ece_noise_floor(r["probs"])
                                 for name, r in records.items()},

@@ -364,18 +364,13 @@ print(f"ECE(polar_vbll) / ECE(mle) = {ece_ratio:.2f}")
 # each resample, and reports the range that holds the middle 90% of the resampled ratios.
 
 # %%
-def ece_ratio_of(candidate, baseline, labels):
-    return (metrics.expected_calibration_error(candidate, labels)
-            / metrics.expected_calibration_error(baseline, labels))
-
-
 arc = {name: records[name]["arc_easy"] for name in ("mle", "polar_vbll")}
 for name, record in arc.items():
     floor = metrics.ece_noise_floor(record["probs"])
     print(f"{name:<11} ECE {100 * metrics.expected_calibration_error(record['probs'], record['labels']):.1f}%"
           f", noise floor {100 * floor['mean']:.1f}% (90% of draws {100 * floor['p05']:.1f}-"
           f"{100 * floor['p95']:.1f}%) on {floor['n']} questions")
-interval = metrics.paired_bootstrap(ece_ratio_of, arc["polar_vbll"]["probs"], arc["mle"]["probs"],
+interval = metrics.paired_bootstrap(metrics.ece_ratio, arc["polar_vbll"]["probs"], arc["mle"]["probs"],
                                     arc["mle"]["labels"], draws=1000, level=0.9)
 print(f"ECE(polar_vbll) / ECE(mle) = {interval['value']:.2f}, 90% paired-bootstrap interval "
       f"{interval['low']:.2f}-{interval['high']:.2f}")

@@ -211,11 +211,17 @@ def ece_noise_floor(probs, n_bins: int = 15, draws: int = 400, seed: int = 0) ->
             "p95": float(np.percentile(values, 95)), "draws": int(draws), "n": int(len(probs))}
 
 
+def ece_ratio(probs_a, probs_b, labels, n_bins: int = 15) -> float:
+    """ECE(a) / ECE(b) on the same questions (below 1: model a is the better calibrated)."""
+    return (expected_calibration_error(probs_a, labels, n_bins)
+            / expected_calibration_error(probs_b, labels, n_bins))
+
+
 def paired_bootstrap(statistic, probs_a, probs_b, labels, draws: int = 1000, level: float = 0.9,
                      seed: int = 0) -> dict:
     """How sure is a comparison of two models on the same questions? A paired bootstrap.
 
-    ``statistic(probs_a, probs_b, labels) -> float`` (e.g. the ratio of the two ECEs) is
+    ``statistic(probs_a, probs_b, labels) -> float`` (e.g. :func:`ece_ratio`) is
     recomputed on ``draws`` resamples of the *questions* (with replacement, the same questions
     for both models, so what they share cancels). Returns ``{"value", "low", "high", "level",
     "draws"}``: the statistic on all questions and the central ``level`` interval of the

@@ -192,8 +192,15 @@ def test_ece_noise_floor_rejects_bad_input():
         metrics.ece_noise_floor(np.full((3, 2), 0.7))
 
 
-def ece_ratio(a, b, y):
+def ece_ratio(a, b, y):  # written out here, as an independent check of metrics.ece_ratio
     return metrics.expected_calibration_error(a, y) / metrics.expected_calibration_error(b, y)
+
+
+def test_ece_ratio_is_the_ratio_of_the_two_eces():
+    rng = np.random.default_rng(3)
+    a, b = rng.dirichlet(np.ones(4), size=(2, 300))
+    labels = rng.integers(0, 4, 300)
+    assert metrics.ece_ratio(a, b, labels) == pytest.approx(ece_ratio(a, b, labels), rel=1e-12)
 
 
 def test_paired_bootstrap_of_identical_models_is_exactly_one():

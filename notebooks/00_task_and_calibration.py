@@ -595,15 +595,16 @@ print(f"profile {final_profile.name!r}: {final_profile.steps} steps on {final_pr
 #   overconfident about it, and its reliability table is nearly flat (accuracy 0.42-0.63 in every
 #   bin from confidence 0.33 to 1.0): how sure it is says little about whether it is right.
 # - Fine-tuning LoRA in the top layers together with $w$ maximizes the likelihood of the training
-#   answers. The committed `cpu`-tier run that section 7 loads (400 steps on 1200 training
+#   answers. The committed `cpu`-tier run that section 7 loads (1200 steps on 1200 training
 #   questions, adapters in the top 2 layers, the same 500 test questions; the `smoke` tier and the
-#   book show it too) reached accuracy 56.4%, ECE 8.4%, NLL 1.14 and mean confidence 0.54 (-0.03
-#   from its accuracy; the training loss fell from 1.44 to 0.98 and 118 of the 500 answers
-#   changed): better answers and more honest probabilities *on average*, yet 12 of its 218 wrong
-#   answers still come with a confidence above 0.8. Nothing in the objective stops it
-#   from pushing the training answers' probabilities towards 1 when run longer on a small training
-#   set, and fine-tuned language models are known to end up overconfident on new questions (the
-#   motivation of Laplace-LoRA and BLoB, which later notebooks build on). With
+#   book show it too) reached accuracy 54.6%, ECE 11.0%, NLL 1.18 and mean confidence 0.64: better
+#   answers and a much better NLL than zero-shot (the training loss fell from 1.33 over the first
+#   240 steps to 0.82 over the last 240, and 194 of the 500 answers changed), but *over*confident
+#   by 9.5 points, and 39 of its 227 wrong answers come with a confidence above 0.8. Nothing in the
+#   objective stops it from pushing the training answers' probabilities towards 1 when run long on
+#   a small training set (the README's round 5: 72% accuracy on training questions against 57% on
+#   validation), and fine-tuned language models are known to end up overconfident on new questions
+#   (the motivation of Laplace-LoRA and BLoB, which later notebooks build on). With
 #   `POLAR_VBLL_RETRAIN=1` the `smoke` tier trains only a few steps, and its numbers say little; the
 #   `gpu` tier trains for thousands of steps.
 # - Notebook 01 opens the LoRA adapter and finds a second problem: its update collapses onto very

@@ -14,12 +14,18 @@ safetensors file per set of rows under ``POLAR_VBLL_CACHE/features``, named by a
 everything the states depend on (model name and size, a checksum of its weights, the split layer
 and every token of every row), so a changed prompt, profile, model or split layer simply misses
 and is recomputed; nothing stale is ever read. Every method of a ``compare`` reuses the file.
+
+The rows of one question (its prompt followed by each choice) begin alike, so
+:func:`lower_hidden_states` runs the shared beginning once per question and only each choice's own
+tokens per row, against the shared part's keys and values (:func:`prefix_groups`); on ARC-Easy's
+rows this is ~1.7x faster than running every row whole, with the same states up to float rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -30,7 +36,7 @@ from torch import nn
 from polar_vbll import data
 from polar_vbll.errors import ConfigError
 
-CACHE_VERSION = 1  # bump when the stored layout changes
+CACHE_VERSION = 2  # bump when the stored layout or how the states are computed changes
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -91,31 +97,106 @@ class TopLayers:
                            position_ids=_position_ids(attention_mask)).last_hidden_state
 
 
+def prefix_groups(rows: list[list[int]]) -> list[tuple[int, list[int]]]:
+    """Rows that begin with the same tokens, as ``[(p, [row indices])]``: every row of a group
+    starts with the same ``p`` tokens (``p`` <= its length); a row on its own has ``p`` = its
+    length. A question's choice rows share its prompt, so they form one group.
+
+    Sorted, rows with a common beginning are neighbours, and the beginning that a run of them
+    shares is the shortest one that neighbours in it share. Walking the rows in order, a row joins
+    the group before it when that runs fewer token positions in all (``p`` once, plus every row's
+    own tokens) than running it on its own: so the rows of one question join, even when two of its
+    choices start with the same word, while the next question, which shares only the template,
+    starts a new group.
+    """
+    def common(a, b):
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    def positions(p, lengths):  # token positions a group runs: its beginning once, then the rest
+        return p + sum(n - p for n in lengths)
+
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    groups: list[tuple[int, list[int]]] = []
+    for previous, i in zip([None] + order, order):
+        if groups:
+            p, members = groups[-1]
+            q = min(p, common(rows[previous], rows[i]))
+            lengths = [len(rows[m]) for m in members]
+            if q and positions(q, lengths + [len(rows[i])]) < positions(p, lengths) + len(rows[i]):
+                groups[-1] = (q, members + [i])
+                continue
+        groups.append((len(rows[i]), [i]))
+    return groups
+
+
+def _cache_argument(decoder) -> str | None:
+    """The name under which this decoder takes a key/value cache (transformers renamed it)."""
+    parameters = inspect.signature(decoder.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
 @torch.no_grad()
 def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: int = 16,
-                        pad_id: int = 0, progress: bool = False) -> list[torch.Tensor]:
+                        pad_id: int = 0, progress: bool = False,
+                        share_prefixes: bool = True) -> list[torch.Tensor]:
     """The input of layer ``split`` for each row, [(T_r, d) float32 on the CPU], in row order.
 
-    Rows are run sorted by length, ``batch_size`` at a time, so there is little padding.
+    With ``share_prefixes`` the tokens that rows share at their start (a question's prompt, before
+    each of its choices) run once (:func:`prefix_groups`): the shared part runs left-padded,
+    ``batch_size`` groups at a time, and keeps its keys and values; each row's own tokens then run
+    right-padded against a copy of them, at positions that continue the shared part. Causal
+    attention makes this the same function of the tokens as running every row whole; the numbers
+    differ only by float rounding (~1e-4 relative). Groups run sorted by length, so there is
+    little padding.
     """
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out: list[torch.Tensor | None] = [None] * len(rows)
     was_training = model.training
     model.eval()
     with only_layers(model, 0, split, final_norm=False) as decoder:
-        for start in tqdm(range(0, len(order), batch_size), desc="caching lower layers",
+        cache_name = _cache_argument(decoder) if share_prefixes else None
+        groups = prefix_groups(rows) if cache_name else [(len(row), [i]) for i, row in enumerate(rows)]
+        groups.sort(key=lambda group: group[0])
+        for start in tqdm(range(0, len(groups), batch_size), desc="caching lower layers",
                           disable=not progress, leave=False):
-            chunk = order[start:start + batch_size]
-            input_ids, attention_mask = data.left_pad([rows[i] for i in chunk], pad_id)
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=_position_ids(attention_mask)).last_hidden_state
-            hidden = hidden.float().cpu()
-            for j, i in enumerate(chunk):
-                out[i] = hidden[j, hidden.shape[1] - len(rows[i]):].clone()  # (T_i, d)
+            chunk = groups[start:start + batch_size]
+            input_ids, mask = data.left_pad([rows[members[0]][:p] for p, members in chunk], pad_id)
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            tails = [(i, rows[i][p:]) for p, members in chunk for i in members]
+            width = max(len(tail) for _, tail in tails)
+            result = decoder(input_ids=input_ids, attention_mask=mask,
+                             position_ids=_position_ids(mask), use_cache=width > 0)
+            shared = result.last_hidden_state.float().cpu()  # (G, P, d), left-padded
+            own = torch.zeros(len(tails), 0, shared.shape[-1])
+            if width > 0:
+                owner = torch.tensor([g for g, (_, members) in enumerate(chunk) for _ in members],
+                                     device=device)
+                kv = getattr(result, cache_name)
+                kv.reorder_cache(owner)  # one copy of its group's keys and values per row
+                tail_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+                tail_mask = torch.zeros(len(tails), width, dtype=mask.dtype)
+                for r, (_, tail) in enumerate(tails):
+                    tail_ids[r, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+                    tail_mask[r, :len(tail)] = 1
+                tail_mask = tail_mask.to(device)
+                positions = mask.sum(1)[owner, None] + torch.arange(width, device=device)
+                own = decoder(input_ids=tail_ids.to(device),
+                              attention_mask=torch.cat([mask[owner], tail_mask], 1),
+                              position_ids=positions, use_cache=True,
+                              **{cache_name: kv}).last_hidden_state.float().cpu()
+            r = 0
+            for g, (p, members) in enumerate(chunk):
+                for i in members:
+                    out[i] = torch.cat([shared[g, shared.shape[1] - p:],
+                                        own[r, :len(rows[i]) - p]])  # (T_i, d)
+                    r += 1
     model.train(was_training)
     return out
 
@@ -208,4 +289,4 @@ class FeatureCache:
 
 
 __all__ = ["FeatureCache", "TopLayers", "decoder_layers", "lower_hidden_states",
-           "model_fingerprint", "only_layers"]
+           "model_fingerprint", "only_layers", "prefix_groups"]

@@ -70,6 +70,32 @@ def test_feature_cache_reads_back_from_disk_and_misses_on_any_change(smollm2, qu
     assert first.path(cut) != path
 
 
+def test_prefix_groups_share_only_common_beginnings():
+    rows = [[5, 6, 7, 1], [9, 9], [5, 6, 7, 2, 3], [5, 6, 7], [4], [5, 6, 7, 1], [5, 8]]
+    groups = feature_cache.prefix_groups(rows)
+    # sorted: [4] [5 6 7] [5 6 7 1] [5 6 7 1] [5 6 7 2 3] [5 8] [9 9]: the four rows that begin
+    # with 5 6 7 share it (run once instead of four times); [5 8] joining them would share only
+    # [5] and run more positions in all, so it starts its own group; a row on its own is whole
+    assert sorted((p, sorted(members)) for p, members in groups) == \
+        [(1, [4]), (2, [1]), (2, [6]), (3, [0, 2, 3, 5])]
+    for p, members in groups:  # every row once, every group shares its first p tokens
+        assert all(rows[i][:p] == rows[members[0]][:p] and p <= len(rows[i]) for i in members)
+    assert sorted(i for _, members in groups for i in members) == list(range(len(rows)))
+
+
+def test_shared_prefixes_give_the_states_of_whole_rows(smollm2, questions):
+    model, tokenizer = smollm2
+    rows, _ = choice.choice_rows(tokenizer, questions, 160)
+    rows = rows + [rows[0][:7], rows[0]]  # a row that is another's beginning, and a repeated row
+    whole = feature_cache.lower_hidden_states(model, rows, 20, batch_size=4, share_prefixes=False)
+    shared = feature_cache.lower_hidden_states(model, rows, 20, batch_size=4)
+    groups = feature_cache.prefix_groups(rows)
+    assert len(groups) <= len(rows) // 2  # a question's choices share its prompt
+    for a, b in zip(whole, shared):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)
+
+
 def test_adapters_only_in_the_top_layers_and_gradients_reach_them(smollm2, questions, tmp_path):
     model = copy.deepcopy(smollm2[0])
     form = ChoiceForm(model, smollm2[1], 160, adapt_layers=2)

@@ -325,13 +325,18 @@ def add_adapters(
 
 
 def adapter_state_dict(adapters: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """{"<layer name>.<parameter>": tensor} of the adapter parameters only (no base weights), on CPU."""
+    """{"<layer name>.<parameter>": tensor} of the adapter parameters only (no base weights), on CPU.
+
+    Copies, never views: the ensemble keeps one of these per member while training goes on in
+    the same parameters (a view would make every member the last one).
+    """
     state = {}
     for layer_name, adapter in adapters.items():
         for parameter_name, parameter in adapter.named_parameters():
             if parameter_name.startswith("base."):
                 continue
-            state[f"{layer_name}.{parameter_name}"] = parameter.detach().cpu().contiguous()
+            state[f"{layer_name}.{parameter_name}"] = parameter.detach().cpu().clone(
+                memory_format=torch.contiguous_format)
     return state
 
 

@@ -470,6 +470,23 @@ def test_saved_and_reloaded_method_predicts_identically(name, round_trip_splits,
         assert reloaded.laplace.prior_precision == method.laplace.prior_precision
 
 
+def test_ensemble_members_are_independent_fits(round_trip_splits):
+    """Member 0 is the mle fit of the same seed (training is deterministic), and every member
+    keeps its own adapters (they were once views of the parameters the next member trained, so
+    all members were the last one)."""
+    fits = {}
+    for name in ("ensemble", "mle"):
+        fits[name] = methods.make_method(name, profile=ROUND_TRIP_PROFILE, model_name=models.TINY,
+                                         seed=3, progress=False)
+        fits[name].fit(round_trip_splits["train"], round_trip_splits["validation"])
+    members = [member["adapters"] for member in fits["ensemble"].members]
+    assert len(members) == ROUND_TRIP_PROFILE.ensemble_members >= 2
+    alone = adapter_lib.adapter_state_dict(fits["mle"].adapters)
+    assert all(torch.equal(members[0][key], alone[key]) for key in alone)
+    for other in members[1:]:
+        assert any(not torch.equal(other[key], members[0][key]) for key in alone)
+
+
 # ----------------------------------------------------------------------------- extreme ranks
 
 

@@ -5,7 +5,7 @@ optimizer steps -- and only changes how many of them:
 
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
-* ``cpu`` -- a laptop. One method on ARC-Easy trains in 5-7 minutes on 2 cores, plus a few
+* ``cpu`` -- a laptop. One method on ARC-Easy trains in 6-8 minutes on 2 cores, plus about five
   minutes for the frozen-layer pass of its questions, once (``make demo`` runs three methods), and
   gives numbers worth looking at (1200 steps, 500 test questions). Only the
   top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
@@ -100,8 +100,9 @@ PROFILES: dict[str, Profile] = {
     # 1200 training questions (first at 400 steps): over three seeds, mle reached 54.8 / 55.8 /
     # 55.0% on 500 validation questions against 53.8 / 52.6 / 53.0% with 600 questions and 250 steps
     # (every 1200-question run above every 600-question one; NLL 1.16-1.17 vs 1.20-1.21). The frozen
-    # layers' pass costs ~0.25-0.45 s per question on 2 cores (once, then cached), so the extra
-    # questions cost ~3 minutes per task; adapters in the top 2 layers (~0.3 s per step of 4);
+    # layers' pass costs ~0.16 s per question on 2 cores (once, then cached; 0.24 s before a
+    # question's prompt ran once for all its choices), so the extra questions cost ~1.5 minutes
+    # per task; adapters in the top 2 layers (~0.3 s per step of 4);
     # learning rates 1e-3 (3e-4 barely moved the choice head in 250 steps), PoLAR at 3e-3 as its
     # authors use a higher rate for PoLAR than for LoRA; a diagonal Theta, because a full Theta
     # collapsed to rank one like LoRA (validation: mean stable rank 1.05 full vs 2.67 diagonal, LoRA
@@ -111,7 +112,8 @@ PROFILES: dict[str, Profile] = {
     # Then 1200 steps, not 400 (README, round 5; three seeds on 500 validation questions): mle kept
     # learning (55.0-57.4% against 54.8-55.8%) but grew overconfident (ECE 9.7-11.5%), while
     # polar_vbll stayed at the ECE noise floor of 500 questions (5.1-5.4%) with a lower NLL than mle
-    # in every seed -- the regime a Bayesian last layer is for. A fit takes ~5-7 minutes.
+    # in every seed -- the regime a Bayesian last layer is for. A fit takes ~6-8 minutes; one
+    # `polar-vbll finetune` with an empty cache 13.2 minutes (README, target 4).
     # And 500 validation questions, not 100: temperature scaling fitted on 100 chose T = 1.50 and
     # raised mle's ECE (whole test split 6.1% -> 9.7%); fitted on 500 it chose 1.24 (7.7%).
     "cpu": Profile(

@@ -334,9 +334,10 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # **Where the adapters sit.** On `profile.target_modules` (the query and value projections) of the
 # top `profile.adapt_layers` decoder layers in the `smoke` and `cpu` tiers, and of all 30 layers in
 # the `gpu` tier (`adapt_layers = None`). With only the top layers adapted, the frozen layers below
-# compute the same hidden states at every step, so the library runs them once per (question, choice)
-# sequence and caches them on disk (`polar_vbll.feature_cache`): the second fine-tune, and later runs
-# on the same questions, skip them. PoLAR's core is `profile.polar_theta`: diagonal in the `smoke`
+# compute the same hidden states at every step, so the library runs them once and caches them on
+# disk (`polar_vbll.feature_cache`; a question's prompt runs once, each choice's own tokens then run
+# against the prompt's keys and values): the second fine-tune, and later runs on the same questions,
+# skip them. PoLAR's core is `profile.polar_theta`: diagonal in the `smoke`
 # and `cpu` tiers, a full $r \times r$ matrix in the `gpu` tier (why: after the spectra below). Every
 # `log_every` steps the trainer records the stable rank of every $\Delta W$.
 #

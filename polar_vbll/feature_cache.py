@@ -169,8 +169,8 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
             chunk = groups[start:start + batch_size]
             input_ids, mask = data.left_pad([rows[members[0]][:p] for p, members in chunk], pad_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
-            tails = [(i, rows[i][p:]) for p, members in chunk for i in members]
-            width = max(len(tail) for _, tail in tails)
+            tails = [rows[i][p:] for p, members in chunk for i in members]  # each row's own tokens
+            width = max(len(tail) for tail in tails)
             result = decoder(input_ids=input_ids, attention_mask=mask,
                              position_ids=_position_ids(mask), use_cache=width > 0)
             shared = result.last_hidden_state.float().cpu()  # (G, P, d), left-padded
@@ -182,7 +182,7 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
                 kv.reorder_cache(owner)  # one copy of its group's keys and values per row
                 tail_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
                 tail_mask = torch.zeros(len(tails), width, dtype=mask.dtype)
-                for r, (_, tail) in enumerate(tails):
+                for r, tail in enumerate(tails):
                     tail_ids[r, :len(tail)] = torch.tensor(tail, dtype=torch.long)
                     tail_mask[r, :len(tail)] = 1
                 tail_mask = tail_mask.to(device)

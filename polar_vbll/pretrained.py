@@ -30,9 +30,10 @@ A checkpoint folder, ``<method>-<task>-<key>/``::
                              set made on their own, from a fresh feature cache, as the test does
 
 Why a separate check prediction: the frozen lower layers run their rows in batches (questions
-sorted by length, see :mod:`polar_vbll.feature_cache`), so the hidden states of a question differ in the last float bits (~1e-6 in a probability)
-depending on which other questions were batched with it. A prefix predicted on its own is exactly
-reproducible; the test also requires it to be within 1e-5 of the full run's predictions.
+sorted by length, see :mod:`polar_vbll.feature_cache`), so the hidden states of a question differ
+in the last float bits (~1e-6 in a probability) depending on which other questions were batched
+with it. A prefix predicted on its own is exactly reproducible; the test also requires it to be
+within 1e-5 of the full run's predictions.
 """
 
 from __future__ import annotations

@@ -435,13 +435,13 @@ for name, entry in ood_results["methods"].items():
 #   and an ECE ratio of 0.73 whose 90% interval (0.52-0.98) excludes 1. Four more seeds of the
 #   same profile (README, round 7) put that ratio at 0.50, 0.50, 0.67 and 0.79, with a lower NLL
 #   than `mle` every time: the seed alone moves it across the line the course draws at 0.5, and
-#   no seed met all three of the target's conditions. The strongest
-#   calibrator of this run is the cheapest one: `temperature`, one scalar fitted on 500
-#   validation questions on top of `mle`, reached ECE 5.2% and NLL 1.102 (and `laplace` NLL
-#   1.114): when the miscalibration is mostly one overconfident scale, a post-hoc temperature
-#   fixes it; the Bayesian head gets part of the way without held-out questions. At 400 steps
-#   (the earlier profile) the picture was different: `mle` was not yet overconfident and
-#   `polar_vbll` trailed it by 3.8 points (README, "At 400 steps").
+#   no seed met all three of the target's conditions. The strongest calibrator of this run is
+#   the cheapest one: `temperature`, one scalar fitted on 500 validation questions on top of
+#   `mle`, reached ECE 5.2% and NLL 1.102 (and `laplace` NLL 1.114): when the miscalibration is
+#   mostly one overconfident scale, a post-hoc temperature fixes it; the Bayesian head gets part
+#   of the way without held-out questions. At 400 steps (the earlier profile) the picture was
+#   different: `mle` was not yet overconfident and `polar_vbll` trailed it by 3.8 points
+#   (README, "At 400 steps").
 # * The table and bars above place PoLAR-VBLL among eight other methods; the printed lines say which
 #   method is best calibrated in this run, and how far each method's confidence drops from the
 #   training task to the unfamiliar ones. A Bayesian head should lower its confidence out of

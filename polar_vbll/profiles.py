@@ -120,6 +120,10 @@ PROFILES: dict[str, Profile] = {
     # Round 7 (README): seeds 1-4 of this profile read targets 1-3 differently from seed 0
     # (whole-split ECE ratio 0.50 / 0.50 / 0.67 / 0.79 against 0.73); a generative last layer
     # (G-VBLL) on its features was far less calibrated (ECE 20-38%). Nothing changed here.
+    # Round 8 (README; validation, seeds 0-2): adapt_layers=4 lifts mle's accuracy by 4.5 points
+    # and polar_vbll's by 5.1, but takes 1.31x the time of a `polar-vbll finetune` (11.2 against
+    # 8.6 min side by side, empty cache; ~17 min at the speed of the 13.2-min measurement), raises
+    # the ECE ratio (0.51 against 0.41) and lowers the rank ratio (1.80-2.24x); not changed yet.
     # And 500 validation questions, not 100: temperature scaling fitted on 100 chose T = 1.50 and
     # raised mle's ECE (whole test split 6.1% -> 9.7%); fitted on 500 it chose 1.24 (7.7%).
     "cpu": Profile(

@@ -74,7 +74,7 @@ book: setup
 	TQDM_DISABLE=1 bash book/build.sh
 
 bench: setup
-	@for name in load stiefel_step train_step inference memory; do \
+	@for name in load stiefel_step train_step shared_prompts inference memory; do \
 		$(PY) benchmarks/bench_$$name.py || exit 1; done
 	@# stable rank and calibration read one fine-tune of mle and polar_vbll (trained once, kept)
 	@test -f results/bench/results.json || $(VENV)/bin/polar-vbll compare --task arc_easy \

@@ -274,8 +274,9 @@ for name in ("full, Adam", "BA, Adam"):
 # layers that never change, so the `smoke` and `cpu` tiers adapt only the top `profile.adapt_layers`
 # decoder layers: the frozen layers below map each (question, choice) sequence to the same hidden
 # states at every step, so the library computes them once, keeps them in a cache
-# (`polar_vbll.feature_cache`, also on disk) and runs only the top layers in every step. The `gpu`
-# tier (`adapt_layers=None`) adapts every layer and runs the whole model.
+# (`polar_vbll.feature_cache`, also on disk) and runs only the top layers in every step -- there
+# too each question's prompt once, each choice's own tokens against the prompt's keys and values.
+# The `gpu` tier (`adapt_layers=None`) adapts every layer and runs the whole model.
 
 # %%
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)

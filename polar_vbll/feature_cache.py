@@ -19,6 +19,10 @@ The rows of one question (its prompt followed by each choice) begin alike, so
 :func:`lower_hidden_states` runs the shared beginning once per question and only each choice's own
 tokens per row, against the shared part's keys and values (:func:`prefix_groups`); on ARC-Easy's
 rows this is ~1.7x faster than running every row whole, with the same states up to float rounding.
+The adapted top layers do the same on every step (:class:`TopLayers`): the prompt's states go
+through them once per question, with gradients, and each choice's own tokens attend to its keys
+and values (a cpu-profile training step ~1.4x faster at ``adapt_layers=2``, ~1.65x at 4;
+``benchmarks/bench_shared_prompts.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polar_vbll import data
 from polar_vbll.errors import ConfigError
 
 CACHE_VERSION = 2  # bump when the stored layout or how the states are computed changes
@@ -55,7 +58,9 @@ FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f")  # Llama/Q
 def only_layers(model, start: int, stop: int, final_norm: bool = True):
     """Temporarily make the decoder run layers ``start .. stop-1`` only (and skip the final
     norm when ``final_norm`` is False). The layer modules are the model's own: adapters inside
-    them train as usual."""
+    them train as usual. While they run, their attention modules count from 0 (``layer_idx``):
+    a key/value cache made by this shortened decoder holds its layers at 0, 1, ..., where the
+    model looks for the cache's length."""
     decoder = model.get_decoder()
     norm_name = next((name for name in FINAL_NORMS if hasattr(decoder, name)), None)
     if norm_name is None and not final_norm:
@@ -63,12 +68,18 @@ def only_layers(model, start: int, stop: int, final_norm: bool = True):
                           f"{FINAL_NORMS}; use adapt_layers=None (full depth)")
     layers, norm = decoder.layers, getattr(decoder, norm_name) if norm_name else None
     decoder.layers = nn.ModuleList(list(layers)[start:stop])
+    numbered = [(module, module.layer_idx) for layer in decoder.layers
+                for module in layer.modules() if isinstance(getattr(module, "layer_idx", None), int)]
+    for module, index in numbered:
+        module.layer_idx = index - start
     if not final_norm:
         setattr(decoder, norm_name, nn.Identity())
     try:
         yield decoder
     finally:
         decoder.layers = layers
+        for module, index in numbered:
+            module.layer_idx = index
         if norm_name:
             setattr(decoder, norm_name, norm)
 
@@ -91,10 +102,21 @@ class TopLayers:
         """The indices of the trained layers, for ``add_adapters(layers=...)``."""
         return range(self.split, self.total)
 
-    def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, inputs: dict, rows: list[list[int]], width: int) -> torch.Tensor:
+        """Final normed states of ``rows`` (R, ``width``, d), left-padded like
+        :func:`polar_vbll.choice.encode_choices` pads the rows, from ``inputs`` =
+        :meth:`FeatureCache.shared_inputs` of the same rows: every group's shared beginning runs
+        once, each row's own tokens against its keys and values (differentiable throughout)."""
+        device, dtype = next(self.model.parameters()).device, self.model.dtype
         with only_layers(self.model, self.split, self.total) as decoder:
-            return decoder(inputs_embeds=hidden.to(self.model.dtype), attention_mask=attention_mask,
-                           position_ids=_position_ids(attention_mask)).last_hidden_state
+            shared, own = run_shared_prefixes(
+                decoder, inputs["prefix"].to(device, dtype), inputs["prefix_mask"].to(device),
+                inputs["tails"].to(device, dtype), inputs["tail_mask"].to(device),
+                inputs["owner"].to(device), key="inputs_embeds")
+        out = [None] * len(rows)
+        for i, states in row_states(shared, own, inputs["groups"], rows):
+            out[i] = nn.functional.pad(states, (0, 0, width - len(states), 0))
+        return torch.stack(out)
 
 
 def prefix_groups(rows: list[list[int]]) -> list[tuple[int, list[int]]]:
@@ -140,6 +162,67 @@ def _cache_argument(decoder) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
+def pad_pieces(pieces: list[torch.Tensor], left: bool, value=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (n_k,) or state rows (n_k, d) -> one tensor (K, N, ...) and a mask (K, N), padded
+    on the left (every row ends in the last column) or on the right; ``N`` may be 0."""
+    width = max(len(piece) for piece in pieces)
+    out = pieces[0].new_full((len(pieces), width, *pieces[0].shape[1:]), value)
+    mask = torch.zeros(len(pieces), width, dtype=torch.long)
+    for k, piece in enumerate(pieces):
+        if len(piece):
+            where = slice(width - len(piece), width) if left else slice(0, len(piece))
+            out[k, where], mask[k, where] = piece, 1
+    return out, mask
+
+
+def run_shared_prefixes(decoder, prefix, prefix_mask, tails, tail_mask, owner,
+                        key: str = "input_ids") -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of :func:`prefix_groups` through ``decoder`` (token ids, or states with
+    ``key="inputs_embeds"``): the groups' shared beginnings ``prefix`` (G, P[, d]) left-padded,
+    keeping their keys and values; then every row's own tokens ``tails`` (R, W[, d]) right-padded, against
+    a copy of its group's keys and values (``owner`` (R,): the group of each row) at positions that
+    continue it. Returns the last hidden states (G, P, d) and (R, W, d). Causal attention makes
+    this the same function of the tokens as running each row whole (up to float rounding)."""
+    cache_name = _cache_argument(decoder)
+    width = tails.shape[1]
+    if width and cache_name is None:
+        raise ConfigError(f"{type(decoder).__name__} takes no key/value cache, so rows cannot share "
+                          "their beginning; run every row whole (ChoiceForm(share_prompts=False))")
+    result = decoder(**{key: prefix}, attention_mask=prefix_mask,
+                     position_ids=_position_ids(prefix_mask), use_cache=width > 0)
+    shared = result.last_hidden_state
+    if width == 0:
+        return shared, shared.new_zeros(len(owner), 0, shared.shape[-1])
+    kv = getattr(result, cache_name)
+    kv.reorder_cache(owner)  # one copy of its group's keys and values per row
+    positions = prefix_mask.sum(1)[owner, None] + torch.arange(width, device=prefix_mask.device)
+    own = decoder(**{key: tails}, attention_mask=torch.cat([prefix_mask[owner], tail_mask], 1),
+                  position_ids=positions, use_cache=True, **{cache_name: kv}).last_hidden_state
+    return shared, own
+
+
+def row_states(shared: torch.Tensor, own: torch.Tensor, groups, rows):
+    """``(row index, its states (T_i, d))`` for each row of a chunk that
+    :func:`run_shared_prefixes` ran: its group's beginning, then its own tokens."""
+    r = 0
+    for g, (p, members) in enumerate(groups):
+        for i in members:
+            yield i, torch.cat([shared[g, shared.shape[1] - p:], own[r, :len(rows[i]) - p]])
+            r += 1
+
+
+def group_tensors(groups, rows, prefix_of, tail_of, pad=0) -> dict:
+    """The padded inputs of :func:`run_shared_prefixes` for ``groups`` of ``rows``:
+    ``prefix_of(row, p)`` / ``tail_of(row, p)`` give a row's first ``p`` and remaining positions
+    (its tokens, or its cached states)."""
+    prefix, prefix_mask = pad_pieces([prefix_of(members[0], p) for p, members in groups], True, pad)
+    tails, tail_mask = pad_pieces([tail_of(i, p) for p, members in groups for i in members], False,
+                                  pad)
+    owner = torch.tensor([g for g, (_, members) in enumerate(groups) for _ in members])
+    return {"groups": groups, "prefix": prefix, "prefix_mask": prefix_mask, "tails": tails,
+            "tail_mask": tail_mask, "owner": owner}
+
+
 @torch.no_grad()
 def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: int = 16,
                         pad_id: int = 0, progress: bool = False,
@@ -147,12 +230,12 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
     """The input of layer ``split`` for each row, [(T_r, d) float32 on the CPU], in row order.
 
     With ``share_prefixes`` the tokens that rows share at their start (a question's prompt, before
-    each of its choices) run once (:func:`prefix_groups`): the shared part runs left-padded,
-    ``batch_size`` groups at a time, and keeps its keys and values; each row's own tokens then run
-    right-padded against a copy of them, at positions that continue the shared part. Causal
-    attention makes this the same function of the tokens as running every row whole; the numbers
-    differ only by float rounding (~1e-4 relative). Groups run sorted by length, so there is
-    little padding.
+    each of its choices) run once (:func:`prefix_groups`, :func:`run_shared_prefixes`): the shared
+    part runs left-padded, ``batch_size`` groups at a time, and keeps its keys and values; each
+    row's own tokens then run right-padded against a copy of them, at positions that continue the
+    shared part. Causal attention makes this the same function of the tokens as running every row
+    whole; the numbers differ only by float rounding (~1e-4 relative). Groups run sorted by
+    length, so there is little padding.
     """
     from tqdm.auto import tqdm
 
@@ -161,42 +244,20 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
     was_training = model.training
     model.eval()
     with only_layers(model, 0, split, final_norm=False) as decoder:
-        cache_name = _cache_argument(decoder) if share_prefixes else None
-        groups = prefix_groups(rows) if cache_name else [(len(row), [i]) for i, row in enumerate(rows)]
+        shares = share_prefixes and _cache_argument(decoder) is not None
+        groups = prefix_groups(rows) if shares else [(len(row), [i]) for i, row in enumerate(rows)]
         groups.sort(key=lambda group: group[0])
+        tokens = [torch.tensor(row, dtype=torch.long) for row in rows]
         for start in tqdm(range(0, len(groups), batch_size), desc="caching lower layers",
                           disable=not progress, leave=False):
             chunk = groups[start:start + batch_size]
-            input_ids, mask = data.left_pad([rows[members[0]][:p] for p, members in chunk], pad_id)
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            tails = [rows[i][p:] for p, members in chunk for i in members]  # each row's own tokens
-            width = max(len(tail) for tail in tails)
-            result = decoder(input_ids=input_ids, attention_mask=mask,
-                             position_ids=_position_ids(mask), use_cache=width > 0)
-            shared = result.last_hidden_state.float().cpu()  # (G, P, d), left-padded
-            own = torch.zeros(len(tails), 0, shared.shape[-1])
-            if width > 0:
-                owner = torch.tensor([g for g, (_, members) in enumerate(chunk) for _ in members],
-                                     device=device)
-                kv = getattr(result, cache_name)
-                kv.reorder_cache(owner)  # one copy of its group's keys and values per row
-                tail_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
-                tail_mask = torch.zeros(len(tails), width, dtype=mask.dtype)
-                for r, tail in enumerate(tails):
-                    tail_ids[r, :len(tail)] = torch.tensor(tail, dtype=torch.long)
-                    tail_mask[r, :len(tail)] = 1
-                tail_mask = tail_mask.to(device)
-                positions = mask.sum(1)[owner, None] + torch.arange(width, device=device)
-                own = decoder(input_ids=tail_ids.to(device),
-                              attention_mask=torch.cat([mask[owner], tail_mask], 1),
-                              position_ids=positions, use_cache=True,
-                              **{cache_name: kv}).last_hidden_state.float().cpu()
-            r = 0
-            for g, (p, members) in enumerate(chunk):
-                for i in members:
-                    out[i] = torch.cat([shared[g, shared.shape[1] - p:],
-                                        own[r, :len(rows[i]) - p]])  # (T_i, d)
-                    r += 1
+            inputs = group_tensors(chunk, rows, lambda i, p: tokens[i][:p],
+                                   lambda i, p: tokens[i][p:], pad_id)
+            shared, own = run_shared_prefixes(
+                decoder, *(inputs[name].to(device) for name in
+                           ("prefix", "prefix_mask", "tails", "tail_mask", "owner")))
+            for i, states in row_states(shared.float().cpu(), own.float().cpu(), chunk, rows):
+                out[i] = states  # (T_i, d)
     model.train(was_training)
     return out
 
@@ -276,17 +337,17 @@ class FeatureCache:
         os.replace(temporary, path)  # atomic: a reader never sees half a file
         return path
 
-    def padded(self, rows: list[list[int]]) -> torch.Tensor:
-        """Left-padded states of ``rows``, (R, T, d) float32 (zeros at padding); rows never seen
-        are computed now (and kept in memory, not on disk)."""
+    def shared_inputs(self, rows: list[list[int]], share: bool = True) -> dict:
+        """What :class:`TopLayers` runs for ``rows``: their :func:`prefix_groups` (with ``share``;
+        otherwise every row on its own, whole) and the cached states of each group's shared
+        beginning and of each row's own tokens (:func:`group_tensors`); rows never seen are
+        computed now (kept in memory, not on disk)."""
         self._compute(rows, progress=False)
-        states = [self.store[tuple(r)] for r in rows]
-        width = max(s.shape[0] for s in states)
-        out = torch.zeros(len(states), width, states[0].shape[1])
-        for i, state in enumerate(states):
-            out[i, width - state.shape[0]:] = state
-        return out
+        states = [self.store[tuple(row)] for row in rows]
+        groups = prefix_groups(rows) if share else [(len(row), [i]) for i, row in enumerate(rows)]
+        return group_tensors(groups, rows, lambda i, p: states[i][:p], lambda i, p: states[i][p:])
 
 
-__all__ = ["FeatureCache", "TopLayers", "decoder_layers", "lower_hidden_states",
-           "model_fingerprint", "only_layers", "prefix_groups"]
+__all__ = ["FeatureCache", "TopLayers", "decoder_layers", "group_tensors", "lower_hidden_states",
+           "model_fingerprint", "only_layers", "pad_pieces", "prefix_groups", "row_states",
+           "run_shared_prefixes"]

@@ -1,5 +1,6 @@
 """The calibration benchmarks on the committed cpu-tier checkpoints (``--committed``): they read
-what the checkpoints recorded, and score further test questions with the loaded methods."""
+what the checkpoints recorded, and score further test questions with the loaded methods. And the
+shared-prompt benchmark at the smoke tier: both of its sides compute the same scores."""
 
 from __future__ import annotations
 
@@ -74,3 +75,14 @@ def test_calibration_benchmark_rejects_a_bad_question_count(args, message):
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_shared_prompt_benchmark_compares_like_with_like():
+    result = bench("bench_shared_prompts.py", "--profile", "smoke", "--repeats", "1",
+                   "--layers", "2", "--method", "mle")
+    tokens = result["measurements"]["tokens"]["K=2"]
+    assert tokens["row_tokens"] <= tokens["padded_tokens"] and tokens["rows"] >= 8
+    assert tokens["shared_tokens"] < tokens["row_tokens"]  # each prompt ran once, not per choice
+    assert result["measurements"]["max_score_difference"]["K=2"] < 1e-4
+    assert set(result["measurements"]["seconds_per_step"]) == {"K=2 whole", "K=2 shared"}
+    assert result["ratios"]["K=2 whole_over_shared"]["ratio_of_medians"] > 0

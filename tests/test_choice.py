@@ -62,7 +62,8 @@ def test_feature_cache_reads_back_from_disk_and_misses_on_any_change(smollm2, qu
     second = feature_cache.FeatureCache(model, split=26, model_name="m", folder=tmp_path)
     second.prepare(rows)
     assert second.computed_rows == 0 and second.loaded_files == [path]
-    torch.testing.assert_close(second.padded(rows), first.padded(rows), atol=0, rtol=0)
+    for row in map(tuple, rows):
+        torch.testing.assert_close(second.store[row], first.store[row], atol=0, rtol=0)
     assert feature_cache.FeatureCache(model, 25, "m", folder=tmp_path).path(rows) != path
     assert feature_cache.FeatureCache(model, 26, "other", folder=tmp_path).path(rows) != path
     assert first.path(rows[1:]) != path
@@ -110,6 +111,36 @@ def test_adapters_only_in_the_top_layers_and_gradients_reach_them(smollm2, quest
     features = form.features(batch)
     features.scores[batch["choice_mask"]].sum().backward()  # through the LM head and the scores
     assert all(a.Theta.grad is not None and a.Theta.grad.abs().sum() > 0 for a in made.values())
+    assert [layer.self_attn.layer_idx for layer in feature_cache.decoder_layers(model)] == \
+        list(range(30))  # renumbered only while the top layers ran
+
+
+def test_shared_prompts_in_the_top_layers_give_the_gradients_of_whole_rows(smollm2, questions,
+                                                                           tmp_path):
+    """Independent computation: the full backbone on every (question, choice) row whole, with the
+    same adapters in its top 2 layers, against the top layers running each prompt once."""
+    model = copy.deepcopy(smollm2[0])
+    top = ChoiceForm(model, smollm2[1], 160, adapt_layers=2)
+    top.cache.folder = tmp_path
+    full = ChoiceForm(model, smollm2[1], 160)
+    made = adapters.add_adapters(model, "polar", rank=4, alpha=8,
+                                 layers=top.top_layers.layer_indices(), seed=0)
+    with torch.no_grad():
+        for adapter in made.values():
+            adapter.Theta.normal_(0, 1e-1)
+    grads = []
+    for form in (full, top):
+        batch = form.encode(questions)
+        features = form.features(batch)
+        mask = batch["choice_mask"]
+        loss = features.scores[mask].sum() + features.phi[mask].pow(2).mean()
+        parameters = [p for a in made.values() for p in (a.Theta, a.X, a.Y)]
+        grads.append(torch.autograd.grad(loss, parameters))
+        groups = feature_cache.prefix_groups(batch["rows"])
+    assert len(groups) == len(questions)  # one prompt per question ran once
+    for a, b in zip(*grads):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-3)
     with pytest.raises(ConfigError, match="adapt_layers must be an integer between 1 and 30"):
         feature_cache.TopLayers(model, 31)
 

@@ -62,8 +62,9 @@ profile, device, generator = start_notebook(PROFILE, SEED)
 # (nine fine-tunes: the ensemble trains `ensemble_members` = 3 members, while `temperature` and
 # `laplace` start from the `mle` fitted just before them and add only their post-hoc step), and
 # six again on OpenBookQA in section 3. At the `cpu` profile's full sizes (1200 steps per fine-tune,
-# 6-8 minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that is
-# about two hours (`make checkpoints`, which trains exactly these, took that long on 2 cores).
+# 3-8 minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that is
+# one to two and a half hours (`make checkpoints`, which trains exactly these, took 2 h 34 min on 2
+# cores before the top layers ran each question's prompt once, which halved a fit).
 #
 # **Load or train** (notebook 00, section 7). The course ships these fine-tunes: `polar-vbll
 # checkpoints` trained every one of them at the full `cpu` profile and committed them. When all of

@@ -5,9 +5,10 @@ optimizer steps -- and only changes how many of them:
 
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
-* ``cpu`` -- a laptop. One method on ARC-Easy trains in 6-8 minutes on 2 cores, plus about five
-  minutes for the frozen-layer pass of its questions, once (``make demo`` runs three methods), and
-  gives numbers worth looking at (1200 steps, 500 test questions). Only the
+* ``cpu`` -- a laptop. One method on ARC-Easy trains in 3-4 minutes on 2 cores (1200 steps;
+  6-8 before the top layers ran each question's prompt once), plus a few minutes for the
+  frozen-layer pass of its questions, once (``make demo`` runs three methods), and gives numbers
+  worth looking at (500 test questions). Only the
   top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
   and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a comparison share them.
 * ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
@@ -112,8 +113,9 @@ PROFILES: dict[str, Profile] = {
     # Then 1200 steps, not 400 (README, round 5; three seeds on 500 validation questions): mle kept
     # learning (55.0-57.4% against 54.8-55.8%) but grew overconfident (ECE 9.7-11.5%), while
     # polar_vbll stayed at the ECE noise floor of 500 questions (5.1-5.4%) with a lower NLL than mle
-    # in every seed -- the regime a Bayesian last layer is for. A fit takes ~6-8 minutes; one
-    # `polar-vbll finetune` with an empty cache 13.2 minutes (README, target 4).
+    # in every seed -- the regime a Bayesian last layer is for. A fit took ~6-8 minutes; one
+    # `polar-vbll finetune` with an empty cache 13.2 minutes (README, target 4); since the top
+    # layers run each question's prompt once, 6.6 minutes against 9.0 side by side.
     # Kept after round 6 (README; two validation sets, 500 validation + 500 unused training
     # questions): KL weight x0.3 or x3, a dense covariance, the probit predictive and all 2251
     # training questions each did no better on both sets than this profile.

@@ -115,6 +115,20 @@ def test_adapters_only_in_the_top_layers_and_gradients_reach_them(smollm2, quest
         list(range(30))  # renumbered only while the top layers ran
 
 
+def test_sharing_rows_needs_a_decoder_with_a_key_value_cache():
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None):
+            raise AssertionError("not reached")
+
+    inputs = feature_cache.group_tensors([(2, [0, 1])], [[1, 2, 3], [1, 2, 4]],
+                                         lambda i, p: torch.tensor([1, 2][:p]),
+                                         lambda i, p: torch.tensor([[1, 2, 3], [1, 2, 4]][i][p:]))
+    assert inputs["tails"].tolist() == [[3], [4]] and inputs["owner"].tolist() == [0, 0]
+    with pytest.raises(ConfigError, match="NoCache takes no key/value cache.*share_prompts=False"):
+        feature_cache.run_shared_prefixes(NoCache(), *(inputs[name] for name in
+                                          ("prefix", "prefix_mask", "tails", "tail_mask", "owner")))
+
+
 def test_shared_prompts_in_the_top_layers_give_the_gradients_of_whole_rows(smollm2, questions,
                                                                            tmp_path):
     """Independent computation: the full backbone on every (question, choice) row whole, with the

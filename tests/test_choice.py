@@ -113,6 +113,8 @@ def test_adapters_only_in_the_top_layers_and_gradients_reach_them(smollm2, quest
     assert all(a.Theta.grad is not None and a.Theta.grad.abs().sum() > 0 for a in made.values())
     assert [layer.self_attn.layer_idx for layer in feature_cache.decoder_layers(model)] == \
         list(range(30))  # renumbered only while the top layers ran
+    with pytest.raises(ConfigError, match="adapt_layers must be an integer between 1 and 30"):
+        feature_cache.TopLayers(model, 31)
 
 
 def test_sharing_rows_needs_a_decoder_with_a_key_value_cache():
@@ -155,8 +157,6 @@ def test_shared_prompts_in_the_top_layers_give_the_gradients_of_whole_rows(smoll
     for a, b in zip(*grads):
         assert a.abs().sum() > 0
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-3)
-    with pytest.raises(ConfigError, match="adapt_layers must be an integer between 1 and 30"):
-        feature_cache.TopLayers(model, 31)
 
 
 def _random_features(generator, batch=64, choices=4, width=8):

@@ -60,13 +60,15 @@ def main() -> None:
             scores = {}
             for share in (False, True):
                 form.share_prompts = share
-                scores[share] = form.features(form.encode(questions)).scores
+                batch = form.encode(questions)
+                scores[share] = form.features(batch).scores
             checks[f"K={k}"] = float((scores[True] - scores[False]).abs().max())
-        batch = form.encode(questions)
+        shared = batch["shared"]  # token positions each top layer runs (with padding) per side
         rows[f"K={k}"] = {"rows": len(batch["rows"]), "row_tokens": int(batch["attention_mask"].sum()),
                           "padded_tokens": int(batch["attention_mask"].numel()),
-                          "shared_tokens": int(batch["shared"]["prefix_mask"].sum()
-                                               + batch["shared"]["tail_mask"].sum())}
+                          "shared_tokens": int(shared["prefix_mask"].sum() + shared["tail_mask"].sum()),
+                          "shared_padded_tokens": int(shared["prefix_mask"].numel()
+                                                      + shared["tail_mask"].numel())}
     times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
     ratios = {f"K={k} whole_over_shared": _common.ratio(times[f"K={k} whole"], times[f"K={k} shared"])
               for k in layers}
@@ -75,8 +77,10 @@ def main() -> None:
     lines += _common.time_table(times, f"K={layers[0]} shared", unit="s", scale=1.0)
     for k in layers:
         value = ratios[f"K={k} whole_over_shared"]["ratio_of_medians"]
-        lines.append(f"K={k}: whole / shared = {value:.2f}x; tokens through each top layer "
-                     f"{rows[f'K={k}']['padded_tokens']} -> {rows[f'K={k}']['shared_tokens']}; "
+        count = rows[f"K={k}"]
+        lines.append(f"K={k}: whole / shared = {value:.2f}x; token positions through each top layer "
+                     f"{count['padded_tokens']} -> {count['shared_padded_tokens']} with padding "
+                     f"({count['row_tokens']} -> {count['shared_tokens']} without); "
                      f"max |score difference| {checks[f'K={k}']:.1e}")
     payload = _common.result(
         "shared_prompts", device,

@@ -119,10 +119,11 @@ class TopLayers:
         return torch.stack(out)
 
 
-def prefix_groups(rows: list[list[int]]) -> list[tuple[int, list[int]]]:
+def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, list[int]]]:
     """Rows that begin with the same tokens, as ``[(p, [row indices])]``: every row of a group
     starts with the same ``p`` tokens (``p`` <= its length); a row on its own has ``p`` = its
-    length. A question's choice rows share its prompt, so they form one group.
+    length. A question's choice rows share its prompt, so they form one group. With ``share``
+    False every row is on its own (it runs whole).
 
     Sorted, rows with a common beginning are neighbours, and the beginning that a run of them
     shares is the shortest one that neighbours in it share. Walking the rows in order, a row joins
@@ -142,6 +143,8 @@ def prefix_groups(rows: list[list[int]]) -> list[tuple[int, list[int]]]:
     def positions(p, lengths):  # token positions a group runs: its beginning once, then the rest
         return p + sum(n - p for n in lengths)
 
+    if not share:
+        return [(len(row), [i]) for i, row in enumerate(rows)]
     order = sorted(range(len(rows)), key=lambda i: rows[i])
     groups: list[tuple[int, list[int]]] = []
     for previous, i in zip([None] + order, order):
@@ -244,8 +247,7 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
     was_training = model.training
     model.eval()
     with only_layers(model, 0, split, final_norm=False) as decoder:
-        shares = share_prefixes and _cache_argument(decoder) is not None
-        groups = prefix_groups(rows) if shares else [(len(row), [i]) for i, row in enumerate(rows)]
+        groups = prefix_groups(rows, share_prefixes and _cache_argument(decoder) is not None)
         groups.sort(key=lambda group: group[0])
         tokens = [torch.tensor(row, dtype=torch.long) for row in rows]
         for start in tqdm(range(0, len(groups), batch_size), desc="caching lower layers",
@@ -344,8 +346,8 @@ class FeatureCache:
         computed now (kept in memory, not on disk)."""
         self._compute(rows, progress=False)
         states = [self.store[tuple(row)] for row in rows]
-        groups = prefix_groups(rows) if share else [(len(row), [i]) for i, row in enumerate(rows)]
-        return group_tensors(groups, rows, lambda i, p: states[i][:p], lambda i, p: states[i][p:])
+        return group_tensors(prefix_groups(rows, share), rows, lambda i, p: states[i][:p],
+                             lambda i, p: states[i][p:])
 
 
 __all__ = ["FeatureCache", "TopLayers", "decoder_layers", "group_tensors", "lower_hidden_states",

@@ -5,11 +5,10 @@ optimizer steps -- and only changes how many of them:
 
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
-* ``cpu`` -- a laptop. One method on ARC-Easy trains in 3-4 minutes on 2 cores (1200 steps;
-  6-8 before the top layers ran each question's prompt once), plus a few minutes for the
-  frozen-layer pass of its questions, once (``make demo`` runs three methods), and gives numbers
-  worth looking at (500 test questions). Only the
-  top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
+* ``cpu`` -- a laptop. One method on ARC-Easy trains in about 5 minutes on 2 cores (1200 steps,
+  adapters in the top 4 layers), plus a few minutes for the frozen-layer pass of its questions,
+  once (``make demo`` runs three methods), and gives numbers worth looking at (500 test
+  questions). Only the top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
   and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a comparison share them.
 * ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
   literature (thousands of steps at batch 4-8 on 7B models), scaled to a 135M model; adapters in
@@ -97,43 +96,31 @@ PROFILES: dict[str, Profile] = {
         log_every=2, posterior_steps=2, last_layer_samples=32, mc_dropout_passes=3,
         ensemble_members=2, adapt_layers=2, polar_theta="diagonal",
     ),
-    # cpu: chosen on ARC-Easy *validation* questions (never test); every attempt is in the README.
-    # 1200 training questions (first at 400 steps): over three seeds, mle reached 54.8 / 55.8 /
-    # 55.0% on 500 validation questions against 53.8 / 52.6 / 53.0% with 600 questions and 250 steps
-    # (every 1200-question run above every 600-question one; NLL 1.16-1.17 vs 1.20-1.21). The frozen
-    # layers' pass costs ~0.16 s per question on 2 cores (once, then cached; 0.24 s before a
-    # question's prompt ran once for all its choices), so the extra questions cost ~1.5 minutes
-    # per task; adapters in the top 2 layers (~0.3 s per step of 4);
-    # learning rates 1e-3 (3e-4 barely moved the choice head in 250 steps), PoLAR at 3e-3 as its
-    # authors use a higher rate for PoLAR than for LoRA; a diagonal Theta, because a full Theta
-    # collapsed to rank one like LoRA (validation: mean stable rank 1.05 full vs 2.67 diagonal, LoRA
-    # 1.01; accuracy 50.5% vs 51.0%). 500 test questions, not 300: the standard error of an accuracy
-    # on 300 questions is ~2.9 points, too close to the 5-point gains we measure (validation: mle
-    # 53.8% vs zero-shot cloze 44.8% on 500 questions).
-    # Then 1200 steps, not 400 (README, round 5; three seeds on 500 validation questions): mle kept
-    # learning (55.0-57.4% against 54.8-55.8%) but grew overconfident (ECE 9.7-11.5%), while
-    # polar_vbll stayed at the ECE noise floor of 500 questions (5.1-5.4%) with a lower NLL than mle
-    # in every seed -- the regime a Bayesian last layer is for. A fit took ~6-8 minutes; one
-    # `polar-vbll finetune` with an empty cache 13.2 minutes (README, target 4); since the top
-    # layers run each question's prompt once, 6.6 minutes against 9.0 side by side.
-    # Kept after round 6 (README; two validation sets, 500 validation + 500 unused training
-    # questions): KL weight x0.3 or x3, a dense covariance, the probit predictive and all 2251
-    # training questions each did no better on both sets than this profile.
-    # Round 7 (README): seeds 1-4 of this profile read targets 1-3 differently from seed 0
-    # (whole-split ECE ratio 0.50 / 0.50 / 0.67 / 0.79 against 0.73); a generative last layer
-    # (G-VBLL) on its features was far less calibrated (ECE 20-38%). Nothing changed here.
-    # Round 8 (README; validation, seeds 0-2): adapt_layers=4 lifts mle's accuracy by 4.5 points
-    # and polar_vbll's by 5.1, but takes 1.31x the time of a `polar-vbll finetune` (11.2 against
-    # 8.6 min side by side, empty cache; ~17 min at the speed of the 13.2-min measurement), raises
-    # the ECE ratio (0.51 against 0.41) and lowers the rank ratio (1.80-2.24x); not changed yet.
-    # And 500 validation questions, not 100: temperature scaling fitted on 100 chose T = 1.50 and
-    # raised mle's ECE (whole test split 6.1% -> 9.7%); fitted on 500 it chose 1.24 (7.7%).
+    # cpu: chosen on ARC-Easy *validation* questions (never test); every attempt, with its numbers,
+    # is in benchmarks/learning_log.md (validation rounds 1-9). In short:
+    # - 1200 training questions, 1200 steps of 4 (rounds 2 and 5, three seeds each): mle learned
+    #   most (55.0-57.4% on 500 validation questions against 52.6-53.8% with 600 questions and 250
+    #   steps) and, run this long on a small training set, grows overconfident -- the regime a
+    #   Bayesian last layer is for.
+    # - Adapters in the top 4 layers, not 2 (rounds 8-9, seeds 0-2): +4.5 validation points for mle,
+    #   +5.1 for polar_vbll. Since the adapted layers run each question's prompt once, a fine-tune at
+    #   4 layers takes what one at 2 took before (9.0 min with an empty cache, 2 cores); fewer steps
+    #   to pay for the depth lost all of target 2 (round 9). The frozen layers below run once per
+    #   question (~0.16 s on 2 cores) and are cached (polar_vbll.feature_cache).
+    # - Learning rates 1e-3 (3e-4 barely moved the choice head in 250 steps); PoLAR at 3e-3, as its
+    #   authors use a higher rate for PoLAR than for LoRA; a diagonal Theta, because a full one
+    #   collapsed to rank one like LoRA (stable rank 1.05 full, 2.67 diagonal, LoRA 1.01).
+    # - 500 test questions, not 300 (the standard error of an accuracy on 300 is ~2.9 points, too
+    #   close to the 5-point gains measured); 500 validation questions, not 100 (temperature scaling
+    #   fitted on 100 chose T = 1.50 and made mle less calibrated).
+    # - Kept after round 6 (two validation sets): KL weight x0.3 or x3, a dense covariance, the
+    #   probit predictive and all 2251 training questions each did no better on both sets.
     "cpu": Profile(
         name="cpu", train_examples=1200, validation_examples=500, test_examples=500,
         ood_examples=100, steps=1200, batch_size=4, grad_accumulation=1, eval_batch_size=16,
         max_length=192, rank=8, alpha=16.0, learning_rate=1e-3, head_learning_rate=1e-3,
         log_every=25, posterior_steps=3, last_layer_samples=100, mc_dropout_passes=10,
-        ensemble_members=3, adapt_layers=2, polar_learning_rate=3e-3, polar_theta="diagonal",
+        ensemble_members=3, adapt_layers=4, polar_learning_rate=3e-3, polar_theta="diagonal",
     ),
     "gpu": Profile(
         name="gpu", train_examples=None, validation_examples=None, test_examples=None,

@@ -318,7 +318,7 @@ checks.compare("w = 0 head vs cloze.predict", probs_at_zero.cpu(), rec_cloze["pr
 # rescales the cloze score ($w_s < 0$: trust it less). It starts at 0, so step 0 is still the cloze
 # classifier, and as one more coordinate of $w$ it gets what $w$ gets: a point estimate for `mle`, a
 # posterior under VBLL and Laplace (notebook 04). $\kappa$ (`profile.score_feature`) sets how
-# strongly the prior on $w$ holds $w_s$ back; it was chosen on validation questions (README).
+# strongly the prior on $w$ holds $w_s$ back; it was chosen on validation questions (`benchmarks/learning_log.md`).
 # By hand, against `choice.append_score_feature`:
 
 # %%
@@ -482,8 +482,9 @@ print(f"{len(probs0)} questions: measured ECE {100 * summary0['ece']:.1f}%; a ca
 # %% [markdown]
 # At the `cpu` tier (500 ARC-Easy test questions) this read a floor of 5.0% (90% of draws 3.2-7.0%)
 # against the zero-shot model's 11.6%: that miscalibration is real. The fine-tuned models of the
-# course score 7-9%, only 2-4 points above the floor, which is why notebook 05 also scores them on
-# the whole ARC-Easy test split. The calibration explorer below shows the floor next to the ECE.
+# course score 5-15% (`mle` 14.3%, `polar_vbll` 8.9%, the best of them 5.0%, at the floor), so a
+# difference of a few points between two of them is close to what 500 questions can resolve;
+# notebook 05 puts a bootstrap interval on it. The calibration explorer below shows the floor next to the ECE.
 
 # %% [markdown]
 # ## 6 · The reliability diagram
@@ -596,14 +597,14 @@ print(f"profile {final_profile.name!r}: {final_profile.steps} steps on {final_pr
 #   bin from confidence 0.33 to 1.0): how sure it is says little about whether it is right.
 # - Fine-tuning LoRA in the top layers together with $w$ maximizes the likelihood of the training
 #   answers. The committed `cpu`-tier run that section 7 loads (1200 steps on 1200 training
-#   questions, adapters in the top 2 layers, the same 500 test questions; the `smoke` tier and the
-#   book show it too) reached accuracy 54.6%, ECE 11.0%, NLL 1.18 and mean confidence 0.64: better
-#   answers and a much better NLL than zero-shot (the training loss fell from 1.33 over the first
-#   240 steps to 0.82 over the last 240, and 194 of the 500 answers changed), but *over*confident
-#   by 9.5 points, and 39 of its 227 wrong answers come with a confidence above 0.8. Nothing in the
+#   questions, adapters in the top 4 layers, the same 500 test questions; the `smoke` tier and the
+#   book show it too) reached accuracy 57.0%, ECE 14.3%, NLL 1.24 and mean confidence 0.70: better
+#   answers and a much better NLL than zero-shot (the training loss fell from 1.26 over the first
+#   240 steps to 0.62 over the last 240, and 208 of the 500 answers changed), but *over*confident
+#   by 13.2 points, and 50 of its 215 wrong answers come with a confidence above 0.8. Nothing in the
 #   objective stops it from pushing the training answers' probabilities towards 1 when run long on
-#   a small training set (the README's round 5: 72% accuracy on training questions against 57% on
-#   validation), and fine-tuned language models are known to end up overconfident on new questions
+#   a small training set (round 5 of `benchmarks/learning_log.md`: 72% accuracy on training
+#   questions against 57% on validation), and fine-tuned language models are known to end up overconfident on new questions
 #   (the motivation of Laplace-LoRA and BLoB, which later notebooks build on). With
 #   `POLAR_VBLL_RETRAIN=1` the `smoke` tier trains only a few steps, and its numbers say little; the
 #   `gpu` tier trains for thousands of steps.

@@ -424,14 +424,14 @@ widgets.spectrum_explorer(trained.rank_history)
 #   layer) are what a short fine-tune leaves of the race: compare them with the $r$ directions each
 #   adapter has. The `smoke` tier trains only a few steps, so there the numbers say little. At the
 #   `cpu` tier (this notebook run once with `POLAR_VBLL_PROFILE=cpu`: ARC-Easy, adapters on `q_proj`
-#   and `v_proj` of the top 2 layers, $r = 8$) the one-batch gradient had a median stable rank of
-#   1.18 (at most 1.32), and the committed `cpu`-tier LoRA run that section 4 loads (1200 steps on
-#   1200 questions) ended at a mean stable rank of 1.00 (1.00-1.02 over the 4 matrices): with 8
+#   and `v_proj` of the top 4 layers, $r = 8$) the one-batch gradient had a median stable rank of
+#   1.18 (1.11-1.36 over the 8 matrices), and the committed `cpu`-tier LoRA run that section 4
+#   loads (1200 steps on 1200 questions) ended at a mean stable rank of 1.02 (1.00-1.08): with 8
 #   directions available, the update collapsed to rank one, while the model learned (accuracy
-#   54.6% against 50.0% zero-shot on 500 test questions). PoLAR with a full $r \times r$ core
-#   $\Theta$ collapsed too (1.05-1.24 in the validation runs of the README); with the diagonal core
-#   that the `smoke` and `cpu` profiles use (`profile.polar_theta`) the committed runs kept a mean
-#   stable rank of 2.07 (`polar_vbll`) and 1.74 (`polar`) over the same 1200 steps.
+#   57.0% against 50.0% zero-shot on 500 test questions). PoLAR with a full $r \times r$ core
+#   $\Theta$ collapsed too (1.05-1.24 in the validation runs of `benchmarks/learning_log.md`); with
+#   the diagonal core that the `smoke` and `cpu` profiles use (`profile.polar_theta`) the committed
+#   runs kept a mean stable rank of 2.29 (`polar_vbll`) and 1.76 (`polar`) over the same 1200 steps.
 #
 # Notebook 02 builds the polar decomposition and PoLAR, which writes $\Delta W = X \Theta Y^\top$ with
 # orthonormal $X$, $Y$: its directions stay orthonormal by construction, and how many of them carry

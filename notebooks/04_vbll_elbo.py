@@ -668,12 +668,13 @@ for name, (bound, exact, _) in bound_table.items():
 #   and NLL 1.44: there is calibration to gain. On frozen features the VBLL head can only re-weight
 #   what SmolLM2 already computes, and that alone (1200 steps) took the NLL to 1.19 and the ECE to
 #   7.3% at 52.0% accuracy (Monte Carlo predictive; probit 50.8% / 8.3%). With LoRA the scores and
-#   features adapt too: the committed `cpu`-tier `lora_vbll` run (1200 steps on 1200 questions)
-#   reached 54.6%, ECE 7.3%, NLL 1.19, against `mle`'s 54.6%, 11.0%, 1.18 on the same questions
-#   (notebook 00): as accurate and much less overconfident (mean confidence 0.58 against 0.64),
-#   at an NLL 0.01 higher. The trained posterior's Jensen gap was 0.04 nats per question, against
-#   0.24 for the wide one. Use the explorer to see where in the confidence range each model is
-#   over- or under-confident.
+#   features adapt too: the committed `cpu`-tier `lora_vbll` run (1200 steps on 1200 questions,
+#   adapters in the top 4 layers) reached 56.8%, ECE 10.0%, NLL 1.16, against `mle`'s 57.0%, 14.3%,
+#   1.24 on the same questions (notebook 00): as accurate, less overconfident (mean confidence
+#   0.65 against 0.70) and a lower NLL, but still overconfident -- on LoRA the posterior over $w$
+#   alone does not undo what the adapters learn (notebook 05 adds PoLAR). The trained posterior's
+#   Jensen gap was 0.04 nats per question, against 0.24 for the wide one. Use the explorer to see
+#   where in the confidence range each model is over- or under-confident.
 #
 # Next, notebook 05 trains PoLAR adapters and the VBLL head by *alternating* steps and compares
 # nine methods in and out of distribution.

@@ -57,13 +57,13 @@ def main() -> None:
                 trainer.train_step([questions])
             sides[f"K={k} {'shared' if share else 'whole'}"] = step
         with torch.no_grad():  # the two sides compute the same scores (up to float rounding)
-            scores = {}
+            scores, batches = {}, {}
             for share in (False, True):
                 form.share_prompts = share
-                batch = form.encode(questions)
-                scores[share] = form.features(batch).scores
+                batches[share] = form.encode(questions)
+                scores[share] = form.features(batches[share]).scores
             checks[f"K={k}"] = float((scores[True] - scores[False]).abs().max())
-        shared = batch["shared"]  # token positions each top layer runs (with padding) per side
+        batch, shared = batches[True], batches[True]["shared"]  # the rows, and what the top layers run
         rows[f"K={k}"] = {"rows": len(batch["rows"]), "row_tokens": int(batch["attention_mask"].sum()),
                           "padded_tokens": int(batch["attention_mask"].numel()),
                           "shared_tokens": int(shared["prefix_mask"].sum() + shared["tail_mask"].sum()),

@@ -132,6 +132,9 @@ def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, 
     choices start with the same word, while the next question, which shares only the template,
     starts a new group.
     """
+    if not share:
+        return [(len(row), [i]) for i, row in enumerate(rows)]
+
     def common(a, b):
         n = 0
         for x, y in zip(a, b):
@@ -143,8 +146,6 @@ def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, 
     def positions(p, lengths):  # token positions a group runs: its beginning once, then the rest
         return p + sum(n - p for n in lengths)
 
-    if not share:
-        return [(len(row), [i]) for i, row in enumerate(rows)]
     order = sorted(range(len(rows)), key=lambda i: rows[i])
     groups: list[tuple[int, list[int]]] = []
     for previous, i in zip([None] + order, order):

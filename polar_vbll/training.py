@@ -154,9 +154,10 @@ class LetterForm:
 
 
 def features(model, batch) -> torch.Tensor:
-    """phi (B, d), float32; bfloat16 autocast on CUDA (or accelerate's --mixed_precision)."""
+    """phi (B, d), float32; bfloat16 autocast on CUDA (or accelerate's --mixed_precision); no cuDNN
+    attention (:func:`polar_vbll.models.attention_kernels`)."""
     device = batch["input_ids"].device
-    with distributed.world().autocast(device):
+    with distributed.world().autocast(device), models.attention_kernels(device):
         return models.last_token_features(model, batch["input_ids"], batch["attention_mask"])
 
 

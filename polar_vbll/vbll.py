@@ -672,7 +672,7 @@ class ChoiceLaplace:
         for tau in taus:
             self.prior_precision = tau
             probabilities = self.predictive(val_features, val_mask, method="probit")
-            nll.append(-probabilities.gather(1, val_labels[:, None].long()).clamp_min(1e-300).log().mean())
+            nll.append(-probabilities.cpu().gather(1, val_labels[:, None].long()).clamp_min(1e-300).log().mean())
         self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
         self.val_nll_grid = torch.stack(nll)
         self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]

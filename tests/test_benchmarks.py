@@ -77,6 +77,19 @@ def test_calibration_benchmark_rejects_a_bad_question_count(args, message):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "--device 'cuda': CUDA is not available on this machine"),
+    ("gpu0", "--device 'gpu0': expected cpu or cuda"),
+])
+def test_benchmarks_reject_a_device_they_cannot_use(device, message):
+    done = subprocess.run([sys.executable, "benchmarks/bench_train_step.py", "--device", device],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_shared_prompt_benchmark_compares_like_with_like():
     result = bench("bench_shared_prompts.py", "--profile", "smoke", "--repeats", "1",
                    "--layers", "2", "--method", "mle")

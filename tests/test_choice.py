@@ -71,6 +71,28 @@ def test_feature_cache_reads_back_from_disk_and_misses_on_any_change(smollm2, qu
     assert first.path(cut) != path
 
 
+def test_the_backbone_pass_that_trains_leaves_out_cudnn_attention(questions, monkeypatch):
+    from polar_vbll import models, training
+
+    model, tokenizer = models.load_backbone("tiny")
+    entered = []
+
+    class Recording:
+        def __init__(self, device):
+            entered.append(torch.device(device).type)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(models, "attention_kernels", Recording)
+    choice.choice_features(model, choice.encode_choices(tokenizer, questions[:2], 64))
+    training.features(model, data.encode_examples(tokenizer, questions[:2]))
+    assert entered == ["cpu", "cpu"]  # both forms' training passes, on the batch's device
+
+
 def test_prefix_groups_share_only_common_beginnings():
     rows = [[5, 6, 7, 1], [9, 9], [5, 6, 7, 2, 3], [5, 6, 7], [4], [5, 6, 7, 1], [5, 8]]
     groups = feature_cache.prefix_groups(rows)

@@ -65,6 +65,23 @@ def test_tiny_model_runs_the_same_path():
     assert phi.shape == (2, model.config.hidden_size) and torch.isfinite(phi).all()
 
 
+def _attention_switches():
+    backends = torch.backends.cuda
+    return {"cudnn": backends.cudnn_sdp_enabled(), "flash": backends.flash_sdp_enabled(),
+            "efficient": backends.mem_efficient_sdp_enabled(), "math": backends.math_sdp_enabled()}
+
+
+def test_attention_kernels_leave_out_cudnn_on_cuda_only():
+    # cuDNN's attention returned NaN gradients for left-padded rows on an H200 (models.py)
+    before = _attention_switches()
+    with models.attention_kernels("cpu"):
+        assert _attention_switches() == before
+    with models.attention_kernels(torch.device("cuda", 0)):
+        assert _attention_switches() == {"cudnn": False, "flash": True, "efficient": True,
+                                         "math": True}
+    assert _attention_switches() == before
+
+
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(ModelError, match="unknown backbone 'gpt5'.*'smollm2-135m'.*'tiny'"):
         models.load_backbone("gpt5")

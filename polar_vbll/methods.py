@@ -395,8 +395,6 @@ class Method:
         phi, labels, mask = self.extract_features(examples, progress=self._progress)
         if isinstance(self.head, VBLLHead) or self.laplace is not None:
             bayes = self.head if self.laplace is None else self.laplace
-            if self.laplace is not None:  # it computes (and draws) on the CPU, in float64
-                generator = on_cpu(generator)
             logits = self.head(phi, mask)
             if how == "mc":
                 probs, sample_logits = bayes.predictive(phi, mask, "mc", samples, generator,
@@ -495,14 +493,6 @@ def _adapter_options(adapter) -> dict:
     if isinstance(adapter, adapter_lib.PoLARLinear):
         return {"theta": adapter.theta_kind, "dropout": adapter.dropout.p}
     return {"dropout": adapter.dropout.p}
-
-
-def on_cpu(generator: torch.Generator) -> torch.Generator:
-    """``generator`` if it is a CPU generator, else a CPU one started from the same seed (a CUDA
-    generator cannot draw CPU tensors, and the Laplace posteriors draw on the CPU)."""
-    if generator.device.type == "cpu":
-        return generator
-    return torch.Generator().manual_seed(generator.initial_seed())
 
 
 def make_method(name: str, profile: Profile | str | None = None, **options) -> Method:

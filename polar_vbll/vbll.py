@@ -397,6 +397,14 @@ def _on_cpu(tensor):
     return tensor.cpu() if isinstance(tensor, torch.Tensor) else tensor
 
 
+def cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """``generator`` if it is a CPU generator (or None), else a CPU one started from the same seed:
+    the Laplace posteriors draw on the CPU, and a CUDA generator cannot draw CPU tensors."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 def _prior_precisions(taus, has_validation: bool) -> list[float]:
     """The Laplace fits' tau grid as floats; one tau unless validation data can choose among several."""
     taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
@@ -542,11 +550,12 @@ class LastLayerLaplace:
         """Predictive probabilities (B, C), logits z ~ N(W_map phi + b, J Sigma J^T) sampled jointly.
 
         Same methods and meaning as :meth:`VBLLHead.predictive` (probit uses only the logit
-        variances). Computed in float64 on the CPU (``generator`` must be a CPU generator);
-        returned on phi's device and in its dtype.
+        variances). Computed in float64 on the CPU (a CUDA ``generator`` gives its seed to a CPU
+        one, :func:`cpu_generator`); returned on phi's device and in its dtype.
         """
         mean, covariance = self.logit_mean_and_covariance(phi)
-        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples, generator, return_samples)
+        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples,
+                                          cpu_generator(generator), return_samples)
         if return_samples:
             return result[0].to(phi.device, phi.dtype), result[1].to(phi.device, phi.dtype)
         return result.to(phi.device, phi.dtype)
@@ -697,7 +706,8 @@ class ChoiceLaplace:
                    generator: torch.Generator | None = None, return_samples: bool = False):
         mean, covariance = self.logit_mean_and_covariance(features, mask)
         device, dtype = features.scores.device, features.scores.dtype
-        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples, generator, return_samples)
+        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples,
+                                          cpu_generator(generator), return_samples)
         if return_samples:
             return result[0].to(device, dtype), result[1].to(device, dtype)
         return result.to(device, dtype)

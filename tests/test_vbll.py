@@ -14,6 +14,7 @@ from polar_vbll.errors import ConfigError, DataError, NumericalError, ShapeError
 from polar_vbll.vbll import (
     LastLayerLaplace,
     VBLLHead,
+    cpu_generator,
     gaussian_kl_to_isotropic_prior,
     logit_gaussian_predictive,
 )
@@ -448,3 +449,21 @@ def test_laplace_bad_inputs():
         laplace.fit(phi, labels, mask, taus=[1.0, 2.0])
     with pytest.raises(ConfigError, match="taus"):
         laplace.fit(phi, labels, mask, taus=[0.0])
+
+
+def test_laplace_draws_with_a_cpu_generator():
+    # a CUDA run hands the Laplace predictive a CUDA generator; the posterior draws on the CPU
+    cpu = torch.Generator().manual_seed(5)
+    assert cpu_generator(cpu) is cpu
+
+    class CudaGenerator:  # what cpu_generator reads of a torch.Generator(device="cuda")
+        device = torch.device("cuda", 0)
+
+        @staticmethod
+        def initial_seed():
+            return 7
+
+    moved = cpu_generator(CudaGenerator())
+    assert moved.device.type == "cpu" and moved.initial_seed() == 7
+    torch.testing.assert_close(torch.randn(3, generator=moved),
+                               torch.randn(3, generator=torch.Generator().manual_seed(7)))

@@ -60,11 +60,11 @@ test-notebooks: setup
 		--reruns 1 --overwrite *.ipynb
 
 demo: setup
-	$(VENV)/bin/polar-vbll compare --task arc_easy --methods zero_shot,mle,polar_vbll --profile cpu \
+	$(VENV)/bin/polar-vbll compare --task arc_easy --methods zero_shot,mle,polar_vbll --profile course \
 		--out results/demo
 
 checkpoints: setup
-	$(VENV)/bin/polar-vbll checkpoints --profile cpu
+	$(VENV)/bin/polar-vbll checkpoints --profile course
 	$(VENV)/bin/polar-vbll checkpoints --list
 
 lab: setup

@@ -33,8 +33,8 @@ def base_parser(description: str, default_repeats: int) -> argparse.ArgumentPars
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="JSON result on stdout, a short table on stderr.")
     parser.add_argument("--profile", default=None,
-                        help="smoke | cpu | gpu; default: $POLAR_VBLL_PROFILE, else gpu with "
-                             "CUDA and cpu without (polar_vbll.profiles.get_profile)")
+                        help="smoke | course | full; default: $POLAR_VBLL_PROFILE, else course "
+                             "(polar_vbll.profiles.get_profile)")
     parser.add_argument("--repeats", type=int, default=default_repeats,
                         help="timed rounds; every round measures every side once")
     parser.add_argument("--device", default=None, help="cpu | cuda; default: cuda if available")
@@ -261,7 +261,7 @@ def pick_methods(args, run: dict) -> tuple[str, str]:
 
 
 def committed_results(task: str, methods: list[str], test_questions=None) -> dict:
-    """A results dict (as results.json holds it) from the committed cpu-tier checkpoints.
+    """A results dict (as results.json holds it) from the committed course-profile checkpoints.
 
     ``test_questions``: None for the questions each checkpoint recorded (the profile's
     ``test_examples``), an int or "all" for more: the recorded ones are reused (and must be the

@@ -8,7 +8,7 @@ on every training step with gradients (``ChoiceForm(share_prompts=...)``,
 the profile's settings on the same ``--batch`` ARC-Easy training questions (their lower layers'
 states cached first), measured round-robin, for each ``--layers`` K adapted layers.
 
-    .venv/bin/python benchmarks/bench_shared_prompts.py --profile cpu --repeats 10
+    .venv/bin/python benchmarks/bench_shared_prompts.py --profile course --repeats 10
 
 Target: none (information); the shared side must be faster, and is checked to give the same
 scores as the whole rows (``tests/test_choice.py`` checks the gradients).

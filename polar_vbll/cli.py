@@ -1,8 +1,8 @@
 """polar-vbll: evaluate, fine-tune and compare from the command line.
 
     polar-vbll eval --task arc_easy --split test --limit 200
-    polar-vbll finetune --task arc_easy --method polar_vbll --profile cpu --out runs/pv
-    polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile cpu --out results/demo
+    polar-vbll finetune --task arc_easy --method polar_vbll --profile course --out runs/pv
+    polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile course --out results/demo
     polar-vbll compare --task obqa --methods mle,polar_vbll --ood obqa    (OBQA -> ARC, MMLU)
     polar-vbll checkpoints --list      (the notebooks' committed cpu-tier fine-tunes)
     accelerate launch --multi_gpu --num_processes 2 -m polar_vbll.cli finetune ...  (data
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="polar-vbll", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Data: POLAR_VBLL_DATA=<folder with the release files> (unset: Hugging Face "
-               "hub). Sizes: POLAR_VBLL_PROFILE or --profile (smoke | cpu | gpu).")
+               "hub). Sizes: POLAR_VBLL_PROFILE or --profile (smoke | course | full).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tasks = ", ".join(data.task_names())
 
@@ -98,12 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     made = commands.add_parser(
         "checkpoints", help="train the notebooks' fine-tunes and commit them (load-or-train)",
         description="Train every fine-tune that the notebooks end with (polar_vbll.pretrained."
-                    "course_runs) at --profile (default cpu) and write one checkpoint folder per "
+                    "course_runs) at --profile (default course) and write one checkpoint folder per "
                     "run into --out (default: the package's trained/ folder, which the notebooks "
                     "load from). Runs that already have a checkpoint are kept unless --retrain; "
                     "checkpoints that no run produces any more are removed.")
-    made.add_argument("--profile", choices=list(profiles.PROFILES), default="cpu",
-                      help="run size (default cpu: the tier whose checkpoints are committed)")
+    made.add_argument("--profile", choices=list(profiles.PROFILES), default="course",
+                      help="run size (default course: the profile whose checkpoints are committed)")
     made.add_argument("--out", default=None, help="checkpoint folder (default: polar_vbll/trained)")
     made.add_argument("--only", default=None, metavar="METHODS",
                       help="comma-separated methods to (re)train, e.g. mle,polar (default: all)")

@@ -34,11 +34,11 @@ What changes with W processes, and why the result is the one-process result:
   it prints results. A checkpoint holds the global state, so ``--resume`` works on any number of
   processes (the data order after resuming follows the new global batch size).
 * **accelerate's switches**: ``accelerate launch --mixed_precision bf16|fp16`` selects the
-  autocast dtype of the backbone pass (on any device; without it: bfloat16 on CUDA, float32 on
-  the CPU), and ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS=N`` (the variable accelerate's
-  ``Accelerator`` reads; ``accelerate launch --gradient_accumulation_steps`` sets it only for
-  DeepSpeed runs) sets the number of micro-batches per optimizer step, in place of the profile's
-  ``grad_accumulation``.
+  autocast dtype of the backbone pass (on any device; bf16 is refused on a GPU without native
+  bfloat16; unset: :func:`polar_vbll.devices.policy`), and
+  ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS=N`` (the variable accelerate's ``Accelerator`` reads;
+  ``accelerate launch --gradient_accumulation_steps`` sets it only for DeepSpeed runs) sets the
+  number of micro-batches per optimizer step, in place of the profile's ``grad_accumulation``.
 
 Without a launcher (no ``WORLD_SIZE``/accelerate environment) nothing is imported from accelerate
 and :func:`world` is a single process.
@@ -155,13 +155,19 @@ class World:
     # ------------------------------------------------------------------ precision
 
     def autocast(self, device: torch.device):
-        """The backbone pass's autocast: accelerate's ``--mixed_precision`` when set, else
-        bfloat16 on CUDA and nothing on the CPU."""
+        """The backbone pass's autocast: accelerate's ``--mixed_precision`` when set, else what
+        :func:`polar_vbll.devices.policy` chooses for the device (bfloat16 on GPUs with native
+        bfloat16, none on older GPUs and on the CPU)."""
+        from polar_vbll import devices
+
+        device = torch.device(device)
         if self.mixed_precision in PRECISIONS:
+            devices.check_autocast(PRECISIONS[self.mixed_precision], device)
             return torch.autocast(device.type, dtype=PRECISIONS[self.mixed_precision])
-        if self.mixed_precision == "no":
+        dtype = None if self.mixed_precision == "no" else devices.policy(device).autocast
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        return torch.autocast(device.type, dtype=dtype)
 
 
 def _even_bounds(count: int, parts: int) -> list[int]:

@@ -56,7 +56,7 @@ def attention_kernels(device: torch.device | str):
     pass returns NaN gradients for such fully masked rows while the forward pass stays finite.
     Measured on an H200 (torch 2.11, bfloat16): a batch of 8 ARC-Easy questions 64 tokens wide
     gave NaN in every adapter's gradient with cuDNN and finite ones with the memory-efficient or
-    the math kernel, or in float32; the ``gpu`` profile's fine-tunes stopped at step 17. Elsewhere
+    the math kernel, or in float32, and full-depth fine-tunes stopped at step 17. Elsewhere
     (the CPU, a torch without cuDNN attention) this changes nothing.
     """
     if torch.device(device).type != "cuda":
@@ -198,14 +198,17 @@ def load_backbone(
     """Return ``(model, tokenizer)`` for ``name``, frozen and in eval mode.
 
     ``name`` is ``"smollm2-135m"`` (packaged, offline), ``"tiny"`` (random, for unit tests), a
-    local folder or a Hugging Face hub id. The default dtype is bfloat16 on CUDA and float32 on
-    the CPU; adapters and heads always keep float32 parameters.
+    local folder or a Hugging Face hub id. The default dtype is the device's
+    (:func:`polar_vbll.devices.policy`: bfloat16 on GPUs with native bfloat16, float32 on older
+    GPUs and on the CPU); adapters and heads always keep float32 parameters.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"backbone name must be a non-empty string, got {name!r}")
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        from polar_vbll import devices
+
+        dtype = devices.policy(device).weights
     if name == SMOLLM2:
         model, tokenizer = _load_smollm2(dtype)
     elif name == TINY:

@@ -1,18 +1,24 @@
-"""Load-or-train: the course's fine-tunes, trained once at the ``cpu`` tier and committed.
+"""Load-or-train: the course's fine-tunes, trained once at the ``course`` profile and committed.
 
-Every notebook ends with a real fine-tune. Trained at the ``cpu`` tier it takes minutes; the
-``smoke`` tier (CI, the published book) can only afford a few optimizer steps, which show
-nothing. So ``polar-vbll checkpoints`` trains every fine-tune that the notebooks end with, at the
-``cpu`` tier, and writes one small folder per run into :data:`FOLDER` (committed with the
-package). A notebook then asks :func:`fit_or_load` for its run:
+Every notebook ends with a real fine-tune. Trained at the ``course`` profile it takes minutes on
+a CPU; the ``smoke`` profile (CI, the published book) can only afford a few optimizer steps,
+which show nothing. So ``polar-vbll checkpoints`` trains every fine-tune that the notebooks end
+with, at the ``course`` profile, and writes one small folder per run into :data:`FOLDER`
+(committed with the package). A notebook then asks :func:`fit_or_load` for its run:
 
 * a committed checkpoint whose configuration equals the run's (its **key**, a hash of that
   configuration: method, options, task, OOD tasks, model, seed, every profile field) is
   *loaded*: adapters, head, training history and the recorded predictions;
 * otherwise the run is *trained* here, at the notebook's profile, and nothing is written;
 * ``POLAR_VBLL_RETRAIN=1`` always trains;
-* in the ``smoke`` tier the committed ``cpu``-tier run is shown when there is one, so that a
-  smoke-tier notebook (and the book) shows a fine-tune worth looking at.
+* in the ``smoke`` profile the committed ``course`` run is shown when there is one, so that a
+  smoke-profile notebook (and the book) shows a fine-tune worth looking at;
+* **live**: each notebook marks its final fine-tune ``live=True``. On a GPU (or with
+  ``POLAR_VBLL_LIVE=1``; ``0`` turns it off) that run is trained here, at the notebook's
+  profile, and the line it prints gives the device, the seconds and how far its ACC / ECE / NLL
+  are from the committed run of the same configuration. A live run writes a checkpoint every
+  ``log_every`` steps into a resume folder the notebook names, so a run interrupted by a
+  disconnect continues from there when the cell runs again.
 
 A checkpoint made with a configuration the code no longer produces (say a profile changed) is
 *stale*: it is reported by name, with the fields that differ, and never used.
@@ -58,7 +64,8 @@ from polar_vbll.profiles import Profile, get_profile
 
 FOLDER = Path(__file__).resolve().parent / "trained"
 RETRAIN_ENV = "POLAR_VBLL_RETRAIN"
-COMMITTED_TIER = "cpu"  # the tier whose runs are committed
+LIVE_ENV = "POLAR_VBLL_LIVE"  # auto (default: on a GPU) | 1 | 0
+COMMITTED_TIER = "course"  # the profile whose runs are committed
 PASS_KEYS = ("backbone_passes", "sequences_per_question")  # per record, kept in run.json
 CHECK_QUESTIONS = 16  # the prefix of each test set that tests/test_pretrained.py re-evaluates
 FORMAT_VERSION = 1  # bump when what a checkpoint holds, or how a run is trained, changes
@@ -153,6 +160,19 @@ def retrain_requested() -> bool:
     return os.environ.get(RETRAIN_ENV, "").strip() not in ("", "0", "false", "False")
 
 
+def live_requested(device: torch.device | str | None = None) -> bool:
+    """Whether a notebook's final fine-tune trains here: ``POLAR_VBLL_LIVE`` = 1 or 0, or unset /
+    ``auto``: on a GPU (``device``, default :func:`polar_vbll.models.default_device`)."""
+    value = os.environ.get(LIVE_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return torch.device(device or models.default_device()).type == "cuda"
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{LIVE_ENV}={value!r}: expected auto, 1 or 0")
+
+
 def committed(folder: Path | None = None) -> list[Path]:
     """Every checkpoint folder under ``folder`` (default :data:`FOLDER`), sorted."""
     folder = Path(folder or FOLDER)
@@ -221,6 +241,7 @@ class Fitted:
     _method: object = None
     check: dict = field(default_factory=dict)  # {dataset: {"probs", "labels"}} (see module doc)
     provenance: dict = field(default_factory=dict)  # who made the checkpoint (loaded runs)
+    resumed_from_step: int = 0  # trained here from a checkpoint of an interrupted run
 
     @property
     def method(self):
@@ -403,7 +424,7 @@ def choose(run: Run, say=print, folder: Path | None = None) -> tuple[Run, Path |
         say(f"{run.label}: {RETRAIN_ENV} is set, training at the {run.profile.name} profile")
         return run, None
     candidates = [run]
-    if run.profile.name == "smoke":  # the smoke tier shows the committed cpu-tier run
+    if run.profile.name == "smoke":  # the smoke profile shows the committed course run
         candidates.insert(0, run.at(get_profile(COMMITTED_TIER)))
     messages = []
     for candidate in candidates:
@@ -417,18 +438,58 @@ def choose(run: Run, say=print, folder: Path | None = None) -> tuple[Run, Path |
 
 
 def fit_or_load(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
-                progress: bool = True, say=print, folder: Path | None = None) -> Fitted:
+                progress: bool = True, say=print, folder: Path | None = None,
+                live: bool = False, resume_folder: str | Path | None = None) -> Fitted:
     """Load the committed checkpoint of ``run`` if there is one (see the module docstring),
     else :func:`train` it here.
 
     ``splits``: the profile's splits when the caller already has them (``evaluation.load_splits``);
     ``fitted_base``: for temperature and laplace, the fitted state of the mle (or polar) they
-    start from (see ``Method.fit``).
+    start from (see ``Method.fit``). ``live``: this is a notebook's final fine-tune, trained here
+    when :func:`live_requested` (and not :func:`retrain_requested`, which trains every run) and
+    compared with its committed run; it resumes from, and checkpoints into,
+    ``resume_folder/<run folder>`` when ``resume_folder`` is given.
     """
+    if live and live_requested() and not retrain_requested():
+        return train_live(run, splits, fitted_base, progress, say, folder, resume_folder)
     shown, path = choose(run, say, folder)
     if path is not None:
         return load_and_say(shown, path, say)
     return train(run, splits, fitted_base, progress, say)
+
+
+def train_live(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
+               progress: bool = True, say=print, folder: Path | None = None,
+               resume_folder: str | Path | None = None) -> Fitted:
+    """:func:`train` ``run`` here, resuming from ``resume_folder`` (see :func:`fit_or_load`), and
+    say where, how long, and how far its metrics are from the committed run's."""
+    from polar_vbll import devices
+
+    checkpoint = Path(resume_folder) / run.folder_name if resume_folder else None
+    fitted = train(run, splits, fitted_base, progress, say=lambda _: None,
+                   checkpoint_dir=checkpoint)
+    device = models.default_device()
+    resumed = fitted.resumed_from_step
+    where = (f" (resumed at step {resumed} from {checkpoint})" if resumed else
+             f" (checkpoints in {checkpoint})" if checkpoint else "")
+    say(f"{run.label}: trained here on {devices.name_of(device)} in {fitted.fit_seconds:.0f} s at "
+        f"the {run.profile.name} profile, {run.profile.steps} steps{where}. "
+        f"{difference_from_committed(fitted, folder)}")
+    return fitted
+
+
+def difference_from_committed(fitted: Fitted, folder: Path | None = None) -> str:
+    """How far ``fitted``'s in-distribution ACC / ECE / NLL are from the committed run of the same
+    configuration (a sentence; says so when there is none)."""
+    path, _ = find(fitted.run, folder)
+    if path is None:
+        return "No committed run of this configuration to compare with."
+    task = fitted.run.task
+    ours, theirs = fitted.metrics[task], read_run(path)["metrics"][task]
+    return (f"Against the committed run ({read_run(path)['provenance']['machine']}): "
+            f"ACC {100 * (ours['accuracy'] - theirs['accuracy']):+.1f} points, "
+            f"ECE {100 * (ours['ece'] - theirs['ece']):+.1f} points, "
+            f"NLL {ours['nll'] - theirs['nll']:+.3f}.")
 
 
 def load_and_say(run: Run, path: Path, say=print) -> Fitted:
@@ -443,17 +504,33 @@ def load_and_say(run: Run, path: Path, say=print) -> Fitted:
 
 
 def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
-          progress: bool = True, say=print) -> Fitted:
-    """Fit ``run`` on its train split and predict its test split and OOD sets (nothing is saved)."""
-    from polar_vbll import evaluation, metrics
+          progress: bool = True, say=print, checkpoint_dir: str | Path | None = None) -> Fitted:
+    """Fit ``run`` on its train split and predict its test split and OOD sets. Nothing is saved,
+    except training checkpoints in ``checkpoint_dir`` when given, from which an interrupted run
+    resumes: ``checkpoint_dir/run.json`` names the configuration, ``checkpoint_dir/training`` holds
+    the trainer's checkpoint (the folder must hold this run's configuration, or nothing)."""
+    from polar_vbll import devices, evaluation, metrics
     from polar_vbll.methods import make_method
 
+    if checkpoint_dir is not None:
+        check_resume_folder(run, checkpoint_dir)
     if splits is None:
         splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
     start = time.perf_counter()
     method = make_method(run.method, profile=run.profile, model_name=run.model, seed=run.seed,
                          progress=progress, **run.options)
-    method.fit(splits["train"], splits["validation"], fitted_base=fitted_base)
+    if method.spec.adapter is not None:
+        devices.check_memory(run.profile, method.model.config, method.device)
+    training = Path(checkpoint_dir) / "training" if checkpoint_dir is not None else None
+    resumed = _checkpoint_step(training)
+    if checkpoint_dir is not None:
+        from polar_vbll.checkpoints import ensure_writable_folder
+
+        ensure_writable_folder(checkpoint_dir)  # run.json: which configuration trains here
+        atomic_write_text(Path(checkpoint_dir) / "run.json",
+                          json.dumps({"key": run.key, "config": run.config()}, indent=1))
+    method.fit(splits["train"], splits["validation"], fitted_base=fitted_base,
+               checkpoint_dir=training, resume=training is not None)
     fit_seconds = time.perf_counter() - start
     records, summaries, seconds = {}, {}, {}
     for dataset in run.datasets:
@@ -467,9 +544,45 @@ def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
         say(f"{run.label}: trained here at the {run.profile.name} profile ({run.profile.steps} "
             f"steps on {len(splits['train'])} {run.task} questions, {fit_seconds:.0f} s)")
     return Fitted(run, records, summaries, list(method.history), fit_seconds, seconds,
-                  None, method)
+                  None, method, resumed_from_step=resumed)
 
 
-__all__ = ["COMMITTED_TIER", "FOLDER", "Fitted", "RETRAIN_ENV", "Run", "choose", "committed",
-           "check_predictions", "course_runs", "evaluation_questions", "find", "folder_size", "fit_or_load", "load", "load_and_say", "provenance",
-           "read_run", "retrain_requested", "save", "stale_reason", "train", "write_index"]
+def check_resume_folder(run: Run, path: str | Path) -> None:
+    """ConfigError, before anything is written, when ``path`` holds a checkpoint of another
+    configuration than ``run``'s (a folder with no checkpoint is fine: the run starts there)."""
+    path = Path(path)
+    marker = path / "run.json"
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"resume folder {path}: {marker.name} cannot be read ({error}); "
+                              "delete the folder or choose another") from None
+        if recorded.get("key") != run.key:
+            differences = _differences(recorded.get("config", {}),
+                                       json.loads(json.dumps(run.config())))
+            raise ConfigError(f"resume folder {path} holds a checkpoint of another configuration "
+                              f"({'; '.join(differences[:4]) or recorded.get('key')}); nothing "
+                              "was overwritten: choose another folder, or delete this one")
+    elif (path / "training" / "config.json").is_file():
+        raise ConfigError(f"resume folder {path} holds a training checkpoint without run.json, so "
+                          "its configuration is unknown; nothing was overwritten: choose another "
+                          "folder, or delete this one")
+
+
+def _checkpoint_step(path: str | Path | None) -> int:
+    """The step of the training checkpoint in ``path`` (0 when there is none)."""
+    state = Path(path) / "state.json" if path is not None else None
+    if state is None or not state.is_file():
+        return 0
+    try:
+        return int(json.loads(state.read_text()).get("step", 0))
+    except (OSError, ValueError, json.JSONDecodeError):
+        return 0
+
+
+__all__ = ["COMMITTED_TIER", "FOLDER", "Fitted", "LIVE_ENV", "RETRAIN_ENV", "Run", "choose",
+           "check_predictions", "check_resume_folder", "committed", "course_runs",
+           "difference_from_committed", "evaluation_questions", "find", "fit_or_load",
+           "folder_size", "live_requested", "load", "load_and_say", "provenance", "read_run",
+           "retrain_requested", "save", "stale_reason", "train", "train_live", "write_index"]

@@ -1,24 +1,30 @@
-"""Run tiers: how big a run is, in one place (``POLAR_VBLL_PROFILE`` = smoke | cpu | gpu).
+"""Run profiles: how big a run is, in one place (``POLAR_VBLL_PROFILE`` = smoke | course | full).
 
-Every tier runs the *same* path -- the real SmolLM2-135M, real benchmark questions, real
+A profile is a property of the *run*, not of the device: the same profile gives the same
+configuration (and, up to float rounding, the same numbers) on a laptop, a Colab T4 or an H100.
+Every profile runs the *same* path -- the real SmolLM2-135M, real benchmark questions, real
 optimizer steps -- and only changes how many of them:
 
 * ``smoke`` -- CI. A handful of steps and examples; a notebook finishes in a couple of minutes
   on 2 CPU cores. Numbers are not meaningful, only that everything runs.
-* ``cpu`` -- a laptop. One method on ARC-Easy trains in about 5 minutes on 2 cores (1200 steps,
-  adapters in the top 4 layers), plus a few minutes for the frozen-layer pass of its questions,
-  once (``make demo`` runs three methods), and gives numbers worth looking at (500 test
-  questions). Only the top ``adapt_layers`` decoder layers are adapted; the frozen ones below run
-  once per token row and are cached (:mod:`polar_vbll.feature_cache`), so the methods of a
-  comparison share them.
-* ``gpu`` -- Colab and up: full test sets and step counts in the range of the Bayesian-LoRA
-  literature (thousands of steps at batch 4-8 on 7B models), scaled to a 135M model; adapters in
-  every layer (``adapt_layers=None``), no feature cache.
+* ``course`` -- the course's validated profile and the default everywhere: 1200 steps on 1200
+  ARC-Easy questions, adapters in the top 4 decoder layers, 500 test questions. The frozen layers
+  below run once per token row and are cached (:mod:`polar_vbll.feature_cache`), so the methods of
+  a comparison share them. Its committed fine-tunes (:mod:`polar_vbll.pretrained`) are what the
+  notebooks load; on a GPU each notebook also trains its final one live at this profile.
+  How each setting was chosen on validation questions is in ``benchmarks/learning_log.md``.
+* ``full`` -- paper scale, for the CLI and for researchers, never a notebook default: every
+  layer adapted (no feature cache), every training question, whole test splits, 2000 steps of 8.
+  It keeps the PoLAR choices the course profile's validation found (a diagonal core, PoLAR's own
+  learning rate, 3x the LoRA rate as in the course profile); its learning rates were not chosen on
+  validation questions at this scale.
 
-Every tier uses the choice form (``head_form="choice"``, :mod:`polar_vbll.choice`); the letter
+Every profile uses the choice form (``head_form="choice"``, :mod:`polar_vbll.choice`); the letter
 form stays selectable (``--head-form letter``, ``make_method(..., head_form="letter")``).
 
-Unset, the profile is ``gpu`` when CUDA is available and ``cpu`` otherwise.
+Unset, the profile is ``course`` on every device. The names ``cpu`` and ``gpu`` of earlier
+versions are refused with a message naming their successors (``course`` has exactly the fields
+``cpu`` had; ``full`` is not what ``gpu`` was).
 """
 
 from __future__ import annotations
@@ -68,9 +74,8 @@ class Profile:
     polar_theta: str = "full"  # PoLAR's core Theta: "full" (r x r) or "diagonal" (r,)
     # choice form: kappa of the score feature, phi_c -> [phi_c, kappa (s_c - mean_c s_c)], so the
     # head also learns (and VBLL/Laplace are uncertain about) how far to trust the cloze score;
-    # 0 = off (see polar_vbll.choice.append_score_feature). 5 was chosen on 500 ARC-Easy
-    # validation questions (README, tuning table): polar_vbll ECE 12.7% -> 8.8%, NLL 1.30 -> 1.20;
-    # mle NLL 1.25 -> 1.20 at the same accuracy
+    # 0 = off (see polar_vbll.choice.append_score_feature). 5 was chosen on ARC-Easy validation
+    # questions (benchmarks/learning_log.md): it lowered polar_vbll's ECE and both methods' NLL
     score_feature: float = 5.0
 
     def __post_init__(self):
@@ -97,47 +102,38 @@ PROFILES: dict[str, Profile] = {
         log_every=2, posterior_steps=2, last_layer_samples=32, mc_dropout_passes=3,
         ensemble_members=2, adapt_layers=2, polar_theta="diagonal",
     ),
-    # cpu: chosen on ARC-Easy *validation* questions (never test); every attempt, with its numbers,
-    # is in benchmarks/learning_log.md (validation rounds 1-9). In short:
-    # - 1200 training questions, 1200 steps of 4 (rounds 2 and 5, three seeds each): mle learned
-    #   most (55.0-57.4% on 500 validation questions against 52.6-53.8% with 600 questions and 250
-    #   steps) and, run this long on a small training set, grows overconfident -- the regime a
-    #   Bayesian last layer is for.
-    # - Adapters in the top 4 layers, not 2 (rounds 8-9, seeds 0-2): +4.5 validation points for mle,
-    #   +5.1 for polar_vbll. Since the adapted layers run each question's prompt once, a fine-tune at
-    #   4 layers takes what one at 2 took before (9.0 min with an empty cache, 2 cores); fewer steps
-    #   to pay for the depth lost all of target 2 (round 9). The frozen layers below run once per
-    #   question (~0.16 s on 2 cores) and are cached (polar_vbll.feature_cache).
-    # - Learning rates 1e-3 (3e-4 barely moved the choice head in 250 steps); PoLAR at 3e-3, as its
-    #   authors use a higher rate for PoLAR than for LoRA; a diagonal Theta, because a full one
-    #   collapsed to rank one like LoRA (stable rank 1.05 full, 2.67 diagonal, LoRA 1.01).
-    # - 500 test questions, not 300 (the standard error of an accuracy on 300 is ~2.9 points, too
-    #   close to the 5-point gains measured); 500 validation questions, not 100 (temperature scaling
-    #   fitted on 100 chose T = 1.50 and made mle less calibrated).
-    # - Kept after round 6 (two validation sets): KL weight x0.3 or x3, a dense covariance, the
-    #   probit predictive and all 2251 training questions each did no better on both sets.
-    "cpu": Profile(
-        name="cpu", train_examples=1200, validation_examples=500, test_examples=500,
+    # course: chosen on ARC-Easy validation questions, never the test split; every attempt and its
+    # numbers are in benchmarks/learning_log.md. In short: 1200 questions and 1200 steps make mle
+    # learn and grow overconfident (the regime a Bayesian last layer is for); the top 4 layers
+    # learn more than the top 2 at the same cost, since the adapted layers run each prompt once;
+    # PoLAR learns at 3x the LoRA rate with a diagonal core (a full core collapses to rank one like
+    # LoRA); 500 validation and test questions keep temperature scaling and the metrics' noise small.
+    "course": Profile(
+        name="course", train_examples=1200, validation_examples=500, test_examples=500,
         ood_examples=100, steps=1200, batch_size=4, grad_accumulation=1, eval_batch_size=16,
         max_length=192, rank=8, alpha=16.0, learning_rate=1e-3, head_learning_rate=1e-3,
         log_every=25, posterior_steps=3, last_layer_samples=100, mc_dropout_passes=10,
         ensemble_members=3, adapt_layers=4, polar_learning_rate=3e-3, polar_theta="diagonal",
     ),
-    "gpu": Profile(
-        name="gpu", train_examples=None, validation_examples=None, test_examples=None,
+    "full": Profile(
+        name="full", train_examples=None, validation_examples=None, test_examples=None,
         ood_examples=None, steps=2000, batch_size=8, grad_accumulation=1, eval_batch_size=64,
         max_length=256, rank=8, alpha=16.0, learning_rate=2e-4, head_learning_rate=2e-4,
         log_every=100, posterior_steps=3, last_layer_samples=200, mc_dropout_passes=10,
-        ensemble_members=3,
+        ensemble_members=3, polar_learning_rate=6e-4, polar_theta="diagonal",
     ),
 }
 
 
+DEFAULT = "course"
+# names of earlier versions: what to use instead
+RENAMED = {"cpu": "'course' (the same fields: the course's validated profile, on any device)",
+           "gpu": "'full' (paper scale, every layer; it is not what 'gpu' was) or 'course' "
+                  "(the notebooks' profile, also on a GPU)"}
+
+
 def profile_name_from_environment() -> str:
-    value = os.environ.get(PROFILE_ENV, "").strip()
-    if value:
-        return value
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return os.environ.get(PROFILE_ENV, "").strip() or DEFAULT
 
 
 def get_profile(name: str | None = None) -> Profile:
@@ -145,6 +141,9 @@ def get_profile(name: str | None = None) -> Profile:
     name = name or profile_name_from_environment()
     if name not in PROFILES:
         source = "" if name != os.environ.get(PROFILE_ENV) else f" (from {PROFILE_ENV})"
+        if name in RENAMED:
+            raise ConfigError(f"profile {name!r}{source} was renamed: use {RENAMED[name]}; the "
+                              f"profiles are {list(PROFILES)}")
         raise ConfigError(f"unknown profile {name!r}{source}; expected one of {list(PROFILES)}")
     return PROFILES[name]
 
@@ -152,15 +151,26 @@ def get_profile(name: str | None = None) -> Profile:
 def start_notebook(name: str | None = None, seed: int = 0):
     """What every notebook runs first: ``(profile, device, generator)``.
 
-    Prints the profile and the device (CUDA when present), seeds torch's global random number
+    Prints the profile, the device with the precision it gets (:mod:`polar_vbll.devices`) and
+    what happens to the notebook's final fine-tune there (trained live on a GPU, loaded from the
+    committed runs on a CPU; ``POLAR_VBLL_LIVE`` chooses), seeds torch's global random number
     generator with ``seed`` and returns a ``torch.Generator`` seeded with it as well, from which
     a notebook draws every random choice it makes itself.
     """
+    from polar_vbll import devices, pretrained
     from polar_vbll.models import default_device
 
     profile = get_profile(name)
     print(profile)
     device = default_device()
-    print("device:", device)
+    print(f"device: {devices.name_of(device)}; {devices.policy(device)}")
+    if pretrained.retrain_requested():
+        print(f"final fine-tune: every run trains here ({pretrained.RETRAIN_ENV} is set)")
+    elif pretrained.live_requested(device):
+        print(f"final fine-tune: trained live here at the {profile.name} profile, the others loaded "
+              f"({pretrained.LIVE_ENV}=0 loads it too)")
+    else:
+        print(f"final fine-tune: loaded from the committed runs ({pretrained.LIVE_ENV}=1 trains it "
+              "here)")
     torch.manual_seed(seed)
     return profile, device, torch.Generator().manual_seed(seed)

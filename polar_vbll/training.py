@@ -41,6 +41,7 @@ says why this is exactly one process's step on the global batch).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ from polar_vbll import checkpoints, data, distributed, models
 from polar_vbll.errors import ConfigError, NumericalError
 from polar_vbll.stiefel import make_stiefel_optimizer
 from polar_vbll.vbll import VBLLHead
+
+# TrainConfig fields a resumed run may change: more steps, or the batch per process and the
+# accumulation that another number of processes brings (polar_vbll.distributed)
+RESUMABLE_CHANGES = ("steps", "log_every", "batch_size", "grad_accumulation")
 
 # the terms objective() returns (and every step logs) for each objective
 LOSS_TERMS = {"cross_entropy": ("loss",), "elbo": ("loss", "bound", "kl")}
@@ -388,8 +393,25 @@ class Trainer:
         checkpoints.save_checkpoint(folder, tensors, config, state)
 
     def load(self, folder) -> dict:
-        """Restore adapters, head and (when present) optimizer state to resume training."""
+        """Restore adapters, head and (when present) optimizer state to resume training.
+
+        ConfigError, before anything changes, when the checkpoint was trained with another
+        configuration than this trainer's: another head, number of training questions, objective,
+        learning rate, seed ... Only :data:`RESUMABLE_CHANGES` may differ (training on for more
+        steps, or on another number of processes)."""
         tensors, config, state = checkpoints.load_checkpoint(folder)
+        ours = {"train": {k: v for k, v in json.loads(json.dumps(asdict(self.config))).items()
+                          if k not in RESUMABLE_CHANGES},
+                "num_data": self.num_data, "head": type(self.head).__name__}
+        differences = [f"{name}: {config.get(name)!r} there, {ours[name]!r} here"
+                       for name in ("num_data", "head") if config.get(name) != ours[name]]
+        differences += [f"{name}: {config.get('train', {}).get(name)!r} there, {value!r} here"
+                        for name, value in ours["train"].items()
+                        if config.get("train", {}).get(name) != value]
+        if differences:
+            raise ConfigError(f"cannot resume from {folder}: it holds a checkpoint of another "
+                              f"configuration ({'; '.join(differences[:4])}); nothing was "
+                              "overwritten: use another folder, or delete this one")
         if self.adapters:
             adapter_lib.load_adapters(self.adapters, Path(folder) / "adapters.safetensors")
         checkpoints.load_into_module(self.head, tensors.get("head", {}), f"{folder}: head")

@@ -26,7 +26,7 @@ def bench(script: str, *args: str) -> dict:
 
 
 def committed(name: str) -> pretrained.Fitted:
-    path, reasons = pretrained.find(pretrained.Run(name, "arc_easy", get_profile("cpu")))
+    path, reasons = pretrained.find(pretrained.Run(name, "arc_easy", get_profile("course")))
     assert path is not None, reasons
     return pretrained.load(path)
 
@@ -35,7 +35,7 @@ def test_calibration_benchmark_reads_the_committed_checkpoints():
     row = bench("bench_calibration.py", "--committed", "--bootstrap", "200")["measurements"][0]
     for name in ("mle", "polar_vbll"):
         recorded = committed(name).metrics["arc_easy"]
-        assert row[name]["questions"] == get_profile("cpu").test_examples
+        assert row[name]["questions"] == get_profile("course").test_examples
         assert row[name]["ece"] == pytest.approx(recorded["ece"], abs=1e-9)
         assert row[name]["nll"] == pytest.approx(recorded["nll"], abs=1e-9)
         floor = row[name]["ece_noise_floor"]
@@ -46,7 +46,7 @@ def test_calibration_benchmark_reads_the_committed_checkpoints():
 
 
 def test_calibration_benchmark_scores_questions_the_checkpoints_did_not_record():
-    recorded = get_profile("cpu").test_examples
+    recorded = get_profile("course").test_examples
     row = bench("bench_calibration.py", "--committed", "--test-questions", str(recorded + 6),
                 "--bootstrap", "0")["measurements"][0]
     fitted = committed("mle")

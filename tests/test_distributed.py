@@ -29,6 +29,7 @@ import torch
 from browser import free_port
 from polar_vbll import distributed, metrics
 from polar_vbll.distributed import World
+from polar_vbll.errors import ConfigError
 from polar_vbll.methods import Method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,12 @@ def test_mixed_precision_switch_sets_the_autocast_dtype():
             torch.get_autocast_dtype("cpu") == torch.bfloat16
     with World().autocast(cpu):  # no switch: float32 on the CPU
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bfloat16_is_refused_on_a_gpu_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(ConfigError, match=r"compute capability 7\.5.*no native bfloat16"):
+        World(mixed_precision="bf16").autocast(torch.device("cuda"))
 
 
 # ---------------------------------------------------------------------- 2-process jobs

@@ -1,6 +1,6 @@
 """Load-or-train (polar_vbll.pretrained): keys, save/load, staleness, and the committed checkpoints.
 
-The last test re-evaluates every committed ``cpu``-tier checkpoint with the real SmolLM2-135M on
+The last test re-evaluates every committed ``course``-profile checkpoint with the real SmolLM2-135M on
 the first ``pretrained.CHECK_QUESTIONS`` (16, one evaluation batch) questions of each of its test
 sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the metrics must equal
 the recorded ones (accuracy exactly, ECE and NLL to 1e-6), and those predictions must be within
@@ -43,7 +43,7 @@ def test_course_runs_cover_every_notebook_fine_tune_once():
     runs = pretrained.course_runs()
     names = [run.folder_name for run in runs]
     assert len(names) == len(set(names))
-    assert {run.profile.name for run in runs} == {"cpu"}
+    assert {run.profile.name for run in runs} == {"course"}
     arc = {run.label for run in runs if run.task == "arc_easy"}
     assert {"zero_shot", "mle", "polar", "lora_vbll", "polar_vbll", "polar (geoopt)",
             "polar (retraction)"} <= arc
@@ -107,14 +107,14 @@ def test_a_stale_checkpoint_is_reported_and_never_used(saved, tmp_path):
     assert any("is stale" in message for message in said)
 
 
-def test_the_smoke_tier_shows_the_committed_cpu_run_when_there_is_one(saved, tmp_path):
+def test_the_smoke_profile_shows_the_committed_course_run_when_there_is_one(saved, tmp_path):
     _, fitted, _ = saved
-    cpu_run = TINY_RUN.at(get_profile("cpu"))
-    as_if_cpu = pretrained.Fitted(cpu_run, fitted.records, fitted.metrics, fitted.history,
+    course_run = TINY_RUN.at(get_profile("course"))
+    as_if_course = pretrained.Fitted(course_run, fitted.records, fitted.metrics, fitted.history,
                                   fitted.fit_seconds, fitted.seconds_per_example)
-    pretrained.save(as_if_cpu, fitted.method, tmp_path, command="pytest")
+    pretrained.save(as_if_course, fitted.method, tmp_path, command="pytest")
     shown, path = pretrained.choose(TINY_RUN, print, tmp_path)
-    assert shown == cpu_run and path == tmp_path / cpu_run.folder_name
+    assert shown == course_run and path == tmp_path / course_run.folder_name
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(saved, tmp_path):
@@ -141,8 +141,7 @@ def test_the_committed_checkpoints_are_fresh_and_small():
     for path in COMMITTED:
         assert pretrained.stale_reason(path) is None, pretrained.stale_reason(path)
     total = sum(f.stat().st_size for f in pretrained.FOLDER.rglob("*") if f.is_file())
-    # 20.8 MB at the 1200-step cpu profile (16.5 MB at 400 steps): each run.json keeps one
-    # history entry per step (2.8 MB of it); the aim stays a small repository
+    # each run.json keeps one history entry per step; the aim stays a small repository
     assert total < 25e6, f"the committed checkpoints take {total / 1e6:.1f} MB (aim: <= 25 MB)"
 
 
@@ -176,3 +175,79 @@ def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
         torch.testing.assert_close(again[dataset]["probs"], check["probs"], atol=1e-5, rtol=0)
         # the prefix alone, against the same questions inside the full recorded run
         torch.testing.assert_close(check["probs"], full["probs"][:questions], atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- live fine-tunes
+
+@pytest.mark.parametrize("value, device, expected", [
+    (None, "cuda", True), (None, "cpu", False), ("auto", "cuda", True),
+    ("1", "cpu", True), ("0", "cuda", False)])
+def test_a_notebooks_final_fine_tune_is_live_on_a_gpu(value, device, expected, monkeypatch):
+    if value is None:
+        monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(pretrained.LIVE_ENV, value)
+    assert pretrained.live_requested(device) is expected
+
+
+def test_an_unknown_live_value_is_one_clear_line(monkeypatch):
+    from polar_vbll.errors import ConfigError
+
+    monkeypatch.setenv(pretrained.LIVE_ENV, "sometimes")
+    with pytest.raises(ConfigError, match=r"POLAR_VBLL_LIVE='sometimes': expected auto, 1 or 0"):
+        pretrained.live_requested("cpu")
+
+
+def test_a_live_run_resumes_after_an_interruption_and_compares(saved, tmp_path, monkeypatch):
+    """Interrupted after its checkpoint at step 2 (as a Colab disconnect would), the live run
+    continues from there when called again and ends where an uninterrupted run ends."""
+    from polar_vbll import training
+
+    folder, fitted, _ = saved  # TINY_RUN trained straight through, saved as if committed
+    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    real_step = training.Trainer.train_step
+
+    def disconnect_after_step_2(self, micro):
+        if self.state.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, micro)
+
+    monkeypatch.setattr(training.Trainer, "train_step", disconnect_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.fit_or_load(TINY_RUN, progress=False, folder=folder, live=True,
+                               resume_folder=tmp_path / "live")
+    monkeypatch.setattr(training.Trainer, "train_step", real_step)
+    said = []
+    live = pretrained.fit_or_load(TINY_RUN, progress=False, say=said.append, folder=folder,
+                                  live=True, resume_folder=tmp_path / "live")
+    assert live.loaded_from is None and live.resumed_from_step == 2
+    assert "trained here on the CPU" in said[0] and "resumed at step 2" in said[0]
+    assert "ACC +0.0 points, ECE +0.0 points, NLL +0.000" in said[0]
+    assert [h["step"] for h in live.history] == [1, 2, 3, 4]
+    torch.testing.assert_close(live.records["arc_easy"]["probs"],
+                               fitted.records["arc_easy"]["probs"], atol=1e-5, rtol=0)
+    # without a committed run of the configuration, the line says so
+    assert "No committed run" in pretrained.difference_from_committed(live, tmp_path / "none")
+
+
+def test_a_resume_folder_of_another_configuration_is_refused(tmp_path, monkeypatch):
+    from polar_vbll.errors import ConfigError
+
+    other = TINY_RUN.replace(seed=1)
+    folder = tmp_path / TINY_RUN.folder_name
+    folder.mkdir()
+    marker = json.dumps({"key": other.key, "config": other.config()})
+    (folder / "run.json").write_text(marker)
+    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    with pytest.raises(ConfigError, match=r"holds a checkpoint of another configuration \(seed: 1 "
+                                          r"-> 0\); nothing was overwritten"):
+        pretrained.fit_or_load(TINY_RUN, progress=False, live=True, resume_folder=tmp_path)
+    assert (folder / "run.json").read_text() == marker and len(list(folder.iterdir())) == 1
+
+
+def test_live_is_ignored_on_the_cpu_by_default(saved, monkeypatch):
+    folder, _, path = saved
+    monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = pretrained.fit_or_load(TINY_RUN, say=lambda _: None, folder=folder, live=True)
+    assert loaded.loaded_from == path

@@ -100,6 +100,16 @@ def accuracy(probs, labels) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+def confidence_bins(confidences: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The edges ``linspace(0, 1, n_bins + 1)`` and the bin index of each confidence, (N,) int.
+
+    Bins are closed on the right (see the module docstring); ``n_bins`` must already be checked.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted(side="left") returns k for edges[k-1] < c <= edges[k]; bin index is k - 1.
+    return edges, np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, n_bins - 1)
+
+
 def reliability_bins(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Group examples by top-label confidence into ``n_bins`` equal-width bins on [0, 1].
 
@@ -115,9 +125,7 @@ def reliability_bins(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
     n_bins = check_number_of_bins(n_bins)
     confidences = probs.max(axis=1)  # (N,)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)  # (N,)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # searchsorted(side="left") returns k for edges[k-1] < c <= edges[k]; bin index is k - 1.
-    bin_index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, n_bins - 1)
+    edges, bin_index = confidence_bins(confidences, n_bins)
     count = np.bincount(bin_index, minlength=n_bins)
     confidence_sum = np.bincount(bin_index, weights=confidences, minlength=n_bins)
     correct_sum = np.bincount(bin_index, weights=correct, minlength=n_bins)
@@ -134,7 +142,11 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     top-label confidence falls in bin b, acc_b their accuracy and conf_b their mean
     confidence. Bin convention: see :func:`reliability_bins`. Empty bins contribute 0.
     """
-    bins = reliability_bins(probs, labels, n_bins)
+    return calibration_error_of_bins(reliability_bins(probs, labels, n_bins))
+
+
+def calibration_error_of_bins(bins: dict[str, np.ndarray]) -> float:
+    """The ECE of :func:`reliability_bins`' output, so a caller that has the bins does not bin again."""
     count = bins["count"]
     filled = count > 0
     gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])

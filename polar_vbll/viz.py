@@ -174,7 +174,7 @@ def reliability_diagram(results, n_bins: int = 15, slider_bins=None, arrangement
         for index, method in enumerate(methods):
             probs, labels = predictions[method]
             bins = metrics.reliability_bins(probs, labels, option)
-            ece = metrics.expected_calibration_error(probs, labels, option)
+            ece = metrics.calibration_error_of_bins(bins)
             name = f"{method} (ECE {100 * ece:.1f}%)"
             centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
             hover_data = np.stack([bins["count"], bins["confidence"], bins["accuracy"]], axis=1)
@@ -228,13 +228,11 @@ def confidence_histogram(results, n_bins: int = 20) -> go.Figure:
     methods = list(predictions)
     figure = _new_figure("Confidence of correct and wrong answers", 1, len(methods), shared_yaxes=True,
                          subplot_titles=methods, horizontal_spacing=0.04)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
     for index, method in enumerate(methods):
         probs, labels = predictions[method]
-        confidences = probs.max(axis=1)
+        edges, bin_index = metrics.confidence_bins(probs.max(axis=1), n_bins)
+        centers = ((edges[:-1] + edges[1:]) / 2).tolist()
         correct = probs.argmax(axis=1) == labels
-        bin_index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, n_bins - 1)
         for is_correct, label, color in ((True, "correct", method_color(method)), (False, "wrong", GAP_COLOR)):
             counts = np.bincount(bin_index[correct == is_correct], minlength=n_bins)
             figure.add_trace(go.Bar(x=centers, y=counts.tolist(), width=1.0 / n_bins, name=f"{method}: {label}",
@@ -259,15 +257,14 @@ def id_ood_confidence(records_by_dataset, in_distribution: str, n_bins: int = 20
     n_bins = metrics.check_number_of_bins(n_bins)
     if in_distribution not in predictions:
         raise DataError(f"in_distribution={in_distribution!r} is not one of the datasets {list(predictions)}")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
     title = "Confidence in and out of distribution" + (f": {method}" if method else "")
     figure = _new_figure(title)
     ordered = [in_distribution] + [name for name in predictions if name != in_distribution]
     for position, dataset in enumerate(ordered):
         probs, _ = predictions[dataset]
         confidences = probs.max(axis=1)
-        bin_index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, n_bins - 1)
+        edges, bin_index = metrics.confidence_bins(confidences, n_bins)
+        centers = ((edges[:-1] + edges[1:]) / 2).tolist()
         fractions = np.bincount(bin_index, minlength=n_bins) / len(confidences)
         is_in = dataset == in_distribution
         kind = "in-distribution" if is_in else "out-of-distribution"

@@ -88,7 +88,14 @@ def test_reliability_bins_counts_and_weights_reproduce_ece():
     filled = bins["count"] > 0
     rebuilt = np.sum(bins["count"][filled] / len(labels) * np.abs(bins["accuracy"][filled] - bins["confidence"][filled]))
     assert rebuilt == pytest.approx(metrics.expected_calibration_error(probs, labels, 10))
+    assert metrics.calibration_error_of_bins(bins) == metrics.expected_calibration_error(probs, labels, 10)
     assert np.all(np.isnan(bins["confidence"][~filled]))
+
+
+def test_confidence_bins_are_closed_on_the_right():
+    edges, index = metrics.confidence_bins(np.array([0.0, 0.25, 0.2500001, 0.5, 0.99, 1.0]), 4)
+    np.testing.assert_allclose(edges, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(index, [0, 0, 1, 1, 3, 3])  # 0.0 goes in the first bin
 
 
 def test_calibrated_synthetic_data_has_small_ece_and_miscalibrated_has_large():

@@ -24,10 +24,10 @@ The "answer" head depends on the profile's ``head_form`` (or ``head_form=...``):
 * ``"choice"`` (default): :class:`~polar_vbll.choice.ChoiceHead`, z_c = s_c + w^T phi_c over
   one sequence per (question, choice); w starts at 0, so zero_shot is the cloze classifier.
   VBLL is :class:`~polar_vbll.vbll.ChoiceVBLLHead` (q(w) = N(m, S)), Laplace
-  :class:`~polar_vbll.vbll.ChoiceLaplace`.
+  :class:`~polar_vbll.laplace.ChoiceLaplace`.
 * ``"letter"``: :class:`~polar_vbll.training.AnswerHead`, the LM-head rows of `` A`` ... `` E``
   after one lettered prompt; VBLL is :class:`~polar_vbll.vbll.VBLLHead`, Laplace
-  :class:`~polar_vbll.vbll.LastLayerLaplace`.
+  :class:`~polar_vbll.laplace.LastLayerLaplace`.
 
 Either way every method starts from the same zero-shot model, and the Bayesian heads (VBLL,
 Laplace) sample only the last layer: one backbone pass per question (in the choice form, one
@@ -48,9 +48,10 @@ from polar_vbll import adapters as adapter_lib
 from polar_vbll import checkpoints, data, distributed, models
 from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
 from polar_vbll.errors import CheckpointError, ConfigError
+from polar_vbll.laplace import ChoiceLaplace, LaplacePosterior, LastLayerLaplace
 from polar_vbll.profiles import Profile, get_profile
 from polar_vbll.training import AnswerHead, LetterForm, Trainer, TrainConfig
-from polar_vbll.vbll import ChoiceLaplace, ChoiceVBLLHead, LastLayerLaplace, VBLLHead
+from polar_vbll.vbll import ChoiceVBLLHead, VBLLHead
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class MethodSpec:
     schedule: str = "joint"
     weight_decay: float = 0.0
     dropout: float = 0.0
-    members: int = 1  # > 1 only for the ensemble (set from the profile)
+    members: int = 1  # > 1 only for the ensemble; 0 = as many as the profile's ensemble_members
     post_hoc: str | None = None  # "temperature" | "laplace"
     description: str = ""
 
@@ -131,9 +132,9 @@ class Method:
         self.options = {"stiefel_method": stiefel_method, "predictive": predictive,
                         "laplace_base": laplace_base, "covariance": covariance,
                         "head_form": head_form}
-        if name == "laplace" and laplace_base == "polar":
+        if self.spec.post_hoc == "laplace" and laplace_base == "polar":
             self.spec = replace(self.spec, adapter="polar")
-        if name == "ensemble":
+        if self.spec.members == 0:
             self.spec = replace(self.spec, members=self.profile.ensemble_members)
         self.model_name, self.seed, self.progress = model_name, seed, progress
         self.model, self.tokenizer = models.load_backbone(model_name, device=device)
@@ -149,7 +150,7 @@ class Method:
         self.head = None
         self.trainer: Trainer | None = None
         self.temperature = 1.0
-        self.laplace: LastLayerLaplace | None = None
+        self.laplace: LaplacePosterior | None = None
         self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
         self.history: list[dict] = []  # one entry per training step (the last member's)
         self.rank_history: dict = {}  # step -> adapters.rank_report (every profile.log_every)
@@ -357,55 +358,75 @@ class Method:
         with seeded_global_rng(self.seed, self.device):  # the N dropout passes of mc_dropout
             record = self._predict(examples, generator)
         record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
-        record["backbone_passes"] = (self.profile.mc_dropout_passes if self.name == "mc_dropout"
-                                     else max(1, self.spec.members))
+        record["backbone_passes"] = self.dropout_passes or max(1, self.spec.members)
         # a pass of the choice form runs one sequence per (question, choice) pair
         per_pass = (sum(e.num_choices for e in examples) / len(examples)
                     if self.form.name == "choice" else 1.0)
         record["sequences_per_question"] = record["backbone_passes"] * per_pass
         return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
 
+    @property
+    def dropout_passes(self) -> int:
+        """Stochastic passes per question at test time when the adapters have dropout, else 0."""
+        return self.profile.mc_dropout_passes if self.spec.dropout > 0 else 0
+
+    def _last_layer_posterior(self):
+        """What the Bayesian predictive samples: the fitted Laplace posterior, else a VBLL head;
+        None for a point-estimate head."""
+        if self.laplace is not None:
+            return self.laplace
+        return self.head if isinstance(self.head, VBLLHead) else None
+
     def _predict(self, examples, generator) -> dict:
-        samples = self.profile.last_layer_samples
-        how = self.options["predictive"]
-        if self.name == "mc_dropout":
-            # all passes over one batch before the next: a question's dropout masks depend only
-            # on its batch's place, so the first questions of a test set get the same masks
-            # whether or not the rest follows (tests re-check a prefix of recorded predictions)
-            self.form.prepare(examples)
-            probs, labels, mask = [], [], []
-            for chunk in data.batches(examples, self.profile.eval_batch_size):
-                chunk_probs = 0
-                for _ in range(self.profile.mc_dropout_passes):  # every process runs them all
-                    phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True,
-                                                                          shard=False)
-                    chunk_probs = chunk_probs + torch.softmax(self.head(phi, chunk_mask), -1)
-                probs.append(chunk_probs / self.profile.mc_dropout_passes)
-                labels.append(chunk_labels)
-                mask.append(chunk_mask)
-            return {"probs": torch.cat(probs), "labels": torch.cat(labels),
-                    "mask": torch.cat(mask)}
+        """Chosen by what the method has: dropout passes, ensemble members, a last-layer
+        posterior, or else one head (divided by its temperature, 1 unless one was fitted)."""
+        if self.dropout_passes:
+            return self._predict_with_dropout(examples)
         if self.members:
-            probs = 0
-            for member in self.members:
-                self._load_member(member)
-                logits, labels, mask = self._logits(examples)
-                probs = probs + torch.softmax(logits, -1)
-            return {"probs": probs / len(self.members), "labels": labels, "mask": mask}
+            return self._predict_members(examples)
         phi, labels, mask = self.extract_features(examples, progress=self._progress)
-        if isinstance(self.head, VBLLHead) or self.laplace is not None:
-            bayes = self.head if self.laplace is None else self.laplace
+        posterior, extra = self._last_layer_posterior(), {}
+        if posterior is None:
+            logits = self.head(phi, mask) / self.temperature
+            probs = torch.softmax(logits, -1)
+        else:
             logits = self.head(phi, mask)
+            samples, how = self.profile.last_layer_samples, self.options["predictive"]
             if how == "mc":
-                probs, sample_logits = bayes.predictive(phi, mask, "mc", samples, generator,
-                                                        return_samples=True)
-                return {"probs": probs, "labels": labels, "mask": mask, "logits": logits,
-                        "sample_logits": sample_logits}
-            probs = bayes.predictive(phi, mask, how, samples, generator)
-            return {"probs": probs, "labels": labels, "mask": mask, "logits": logits}
-        logits = self.head(phi, mask) / self.temperature
-        return {"probs": torch.softmax(logits, -1), "labels": labels, "mask": mask,
-                "logits": logits}
+                probs, extra["sample_logits"] = posterior.predictive(
+                    phi, mask, "mc", samples, generator, return_samples=True)
+            else:
+                probs = posterior.predictive(phi, mask, how, samples, generator)
+        return {"probs": probs, "labels": labels, "mask": mask, "logits": logits, **extra}
+
+    def _predict_with_dropout(self, examples) -> dict:
+        """The mean softmax over ``dropout_passes`` stochastic passes.
+
+        All passes over one batch before the next: a question's dropout masks depend only on
+        its batch's place, so the first questions of a test set get the same masks whether or
+        not the rest follows (tests re-check a prefix of recorded predictions).
+        """
+        self.form.prepare(examples)
+        probs, labels, mask = [], [], []
+        for chunk in data.batches(examples, self.profile.eval_batch_size):
+            chunk_probs = 0
+            for _ in range(self.dropout_passes):  # every process runs them all
+                phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True,
+                                                                      shard=False)
+                chunk_probs = chunk_probs + torch.softmax(self.head(phi, chunk_mask), -1)
+            probs.append(chunk_probs / self.dropout_passes)
+            labels.append(chunk_labels)
+            mask.append(chunk_mask)
+        return {"probs": torch.cat(probs), "labels": torch.cat(labels), "mask": torch.cat(mask)}
+
+    def _predict_members(self, examples) -> dict:
+        """The mean softmax of the ensemble members (each loaded in turn)."""
+        probs = 0
+        for member in self.members:
+            self._load_member(member)
+            logits, labels, mask = self._logits(examples)
+            probs = probs + torch.softmax(logits, -1)
+        return {"probs": probs / len(self.members), "labels": labels, "mask": mask}
 
     # ------------------------------------------------------------------ checkpoints
 

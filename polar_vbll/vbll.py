@@ -1,22 +1,22 @@
-"""Bayesian last layers: a variational Bayesian last layer (VBLL) and a post-hoc Laplace one.
+"""The variational Bayesian last layer (VBLL), and the Gaussian-logit pieces it shares with Laplace.
 
-Both put a Gaussian over the last-layer weights W (C x d) that turn the backbone features
-phi (d,) into the C answer logits z = W phi. Because z is linear in W, the logits given phi
-are Gaussian too, so prediction needs ONE backbone pass and samples (or a closed form)
+A Bayesian last layer puts a Gaussian over the weights W (C x d) that turn the backbone
+features phi (d,) into the C answer logits z = W phi. Because z is linear in W, the logits given
+phi are Gaussian too, so prediction needs ONE backbone pass and samples (or a closed form)
 only in the C-dimensional logit space:
 
     z | phi ~ N(mu(phi), Sigma_z(phi)).
 
-* :class:`VBLLHead` learns q(W) = prod_c N(w_c; m_c, S_c) by maximizing the Jensen
-  lower bound of the ELBO (Harrison et al. 2024, arXiv 2404.11599):
+:class:`VBLLHead` learns q(W) = prod_c N(w_c; m_c, S_c) by maximizing the Jensen lower bound
+of the ELBO (Harrison et al. 2024, arXiv 2404.11599):
 
-      E_q log p(y | phi) >= m_y^T phi - log sum_c exp(m_c^T phi + 1/2 phi^T S_c phi),
+    E_q log p(y | phi) >= m_y^T phi - log sum_c exp(m_c^T phi + 1/2 phi^T S_c phi),
 
-  minus KL(q || prior) / N. The classes are independent, so Sigma_z is diagonal with
-  entries phi^T S_c phi.
-* :class:`LastLayerLaplace` takes a trained deterministic head W_map and sets
-  q(W) = N(W_map, (H + tau I)^{-1}) with H the generalized Gauss-Newton (GGN) Hessian of
-  the softmax likelihood; its logits are correlated across classes.
+minus KL(q || prior) / N. The classes are independent, so Sigma_z is diagonal with entries
+phi^T S_c phi. :class:`ChoiceVBLLHead` is the same idea over the choice head's shared weight.
+
+The input checks and :func:`logit_gaussian_predictive` also serve the post-hoc Laplace
+posteriors of :mod:`polar_vbll.laplace`, whose logits are correlated across classes.
 
 ``mask`` (B, C) marks which answer choices exist for each example (ARC has 3-5 choices,
 BoolQ 2): absent choices get logit -inf, so they drop out of every sum and get
@@ -389,178 +389,6 @@ class VBLLHead(nn.Module):
         )
 
 
-# ----------------------------------------------------------------------------- post-hoc Laplace
-
-
-def _on_cpu(tensor):
-    """Move a tensor to the CPU; leave anything else (None, a wrong type) for the checks to report."""
-    return tensor.cpu() if isinstance(tensor, torch.Tensor) else tensor
-
-
-def cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    """``generator`` if it is a CPU generator (or None), else a CPU one started from the same seed:
-    the Laplace posteriors draw on the CPU, and a CUDA generator cannot draw CPU tensors."""
-    if generator is None or generator.device.type == "cpu":
-        return generator
-    return torch.Generator().manual_seed(generator.initial_seed())
-
-
-def _prior_precisions(taus, has_validation: bool) -> list[float]:
-    """The Laplace fits' tau grid as floats; one tau unless validation data can choose among several."""
-    taus = [float(t) for t in (taus if hasattr(taus, "__len__") else [taus])]
-    if len(taus) == 0 or any(not t > 0 or not math.isfinite(t) for t in taus):
-        raise ConfigError(f"taus (prior precisions) must be a non-empty list of positive numbers; got {taus!r}")
-    if not has_validation and len(taus) > 1:
-        raise ConfigError("fit needs val_features / val_labels to choose among several taus; pass a single tau otherwise")
-    return taus
-
-
-class LastLayerLaplace:
-    """Post-hoc Laplace approximation of a trained deterministic last layer.
-
-    q(theta) = N(theta_map, (H + tau I)^{-1}), theta = the rows of [W | b] flattened class by
-    class (index c * D + j, D = d + 1 with a bias, whose feature is the constant 1; D = d without).
-    H is the FULL generalized Gauss-Newton Hessian of the summed softmax NLL,
-
-        H = sum_n Lambda_n (x) phi_n phi_n^T,   Lambda_n = diag(p_n) - p_n p_n^T,
-
-    with p_n the masked softmax at theta_map. For a model linear in theta the GGN equals the exact
-    Hessian. Why full and not Kronecker-factored: for d = 576, C = 5 the (C*D)^2 matrix is ~66 MB
-    in float64 and its Cholesky factor and inverse take well under a second each; it keeps the
-    class correlations that KFAC or a per-class block approximation drop, so there is nothing to
-    approximate.
-
-    ``prior_precision`` (tau) is a plain attribute; ``fit`` chooses it by grid search on the
-    validation NLL of the probit predictive and records the grid in ``prior_precision_grid`` /
-    ``val_nll_grid``. Everything is computed in float64 on the CPU.
-    """
-
-    chunk_size = 256  # examples per chunk when forming logit covariances
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise ShapeError(f"weight must be a (num_classes, in_features) tensor; got {tuple(getattr(weight, 'shape', ()))}")
-        self.num_classes, self.in_features = weight.shape
-        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (self.num_classes,)):
-            raise ShapeError(f"bias must have shape (num_classes,) = ({self.num_classes},); got {tuple(getattr(bias, 'shape', ()))}")
-        self.has_bias = bias is not None
-        columns = [weight.detach().double().cpu()] + ([bias.detach().double().cpu()[:, None]] if self.has_bias else [])
-        self.weight_map = torch.cat(columns, dim=1)  # (C, D)
-        self.prior_precision: float | None = None
-        self.ggn: torch.Tensor | None = None  # (C*D, C*D)
-        self.prior_precision_grid = self.val_nll_grid = None
-        self._cached_covariance = (None, None)  # (tau, Sigma) of the last posterior_covariance() call
-
-    def _augmented(self, phi: torch.Tensor) -> torch.Tensor:
-        check_features(phi, self.in_features)
-        phi = phi.detach().double().cpu()
-        return torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1) if self.has_bias else phi  # (B, D)
-
-    def ggn_hessian(self, features: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-        """H = sum_n (diag(p_n) - p_n p_n^T) (x) phi_n phi_n^T, (C*D, C*D) float64. Labels do not enter the GGN."""
-        phi = self._augmented(features)  # (N, D)
-        masks = check_mask(_on_cpu(masks), phi.shape[0], self.num_classes)
-        check_labels(_on_cpu(labels), masks)
-        probabilities = torch.softmax((phi @ self.weight_map.T).masked_fill(~masks, -math.inf), dim=-1)  # (N, C)
-        logit_hessian = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None, :]  # (N, C, C)
-        size = self.num_classes * phi.shape[1]
-        hessian = torch.zeros(self.num_classes, phi.shape[1], self.num_classes, phi.shape[1], dtype=torch.float64)
-        for a in range(self.num_classes):
-            for b in range(a, self.num_classes):
-                block = (phi * logit_hessian[:, a, b, None]).T @ phi  # sum_n Lambda_n[a, b] phi_n phi_n^T, (D, D)
-                hessian[a, :, b, :] = block
-                hessian[b, :, a, :] = block.T
-        return hessian.reshape(size, size)
-
-    def fit(
-        self,
-        features: torch.Tensor,
-        labels: torch.Tensor,
-        masks: torch.Tensor | None = None,
-        val_features: torch.Tensor | None = None,
-        val_labels: torch.Tensor | None = None,
-        val_masks: torch.Tensor | None = None,
-        taus=tuple(10.0**k for k in range(-3, 6)),
-    ) -> "LastLayerLaplace":
-        """Build the GGN on the training features, then pick tau from ``taus`` by validation NLL.
-
-        Without validation data, ``taus`` must hold a single value, which is used as is.
-        """
-        taus = _prior_precisions(taus, val_features is not None)
-        self.ggn = self.ggn_hessian(features, labels, masks)
-        self._cached_covariance = (None, None)
-        if val_features is None:
-            self.prior_precision = taus[0]
-            return self
-        if val_labels is None:
-            raise ConfigError("val_labels is required with val_features")
-        phi = self._augmented(val_features)
-        val_masks = check_mask(_on_cpu(val_masks), phi.shape[0], self.num_classes)
-        val_labels = _on_cpu(val_labels)
-        check_labels(val_labels, val_masks)
-        val_nll = []
-        for tau in taus:
-            self.prior_precision = tau
-            probabilities = self.predictive(phi[:, : self.in_features], val_masks, method="probit")  # (N_val, C)
-            val_nll.append(-probabilities.gather(1, val_labels[:, None].long()).log().mean())
-        self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
-        self.val_nll_grid = torch.stack(val_nll)
-        self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]
-        return self
-
-    def posterior_covariance(self) -> torch.Tensor:
-        """Sigma = (H + tau I)^{-1}, (C*D, C*D) float64, from a Cholesky factor; cached per tau."""
-        if self.ggn is None or self.prior_precision is None:
-            raise ConfigError("LastLayerLaplace must be fitted first: call fit(features, labels, masks, ...)")
-        tau = self.prior_precision
-        if not tau > 0:
-            raise ConfigError(f"prior_precision must be positive; got {tau!r}")
-        if self._cached_covariance[0] != tau:
-            precision = self.ggn + tau * torch.eye(self.ggn.shape[0], dtype=torch.float64)
-            factor, info = torch.linalg.cholesky_ex(precision)
-            if info.item() != 0:
-                raise NumericalError(f"H + tau I is not positive definite in float64 (tau = {tau}); use a larger prior precision")
-            self._cached_covariance = (tau, torch.cholesky_inverse(factor))
-        return self._cached_covariance[1]
-
-    def logit_mean_and_covariance(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logit mean W_map phi (+ b), (B, C), and covariance J_n Sigma J_n^T, (B, C, C), float64.
-
-        J_n = I_C (x) phi_n^T, so block-wise: Cov(z_a, z_b) = phi_n^T Sigma[a-block, b-block] phi_n.
-        """
-        covariance = self.posterior_covariance()
-        phi = self._augmented(phi)  # (B, D)
-        blocks = covariance.reshape(self.num_classes, phi.shape[1], self.num_classes, phi.shape[1])  # (C, D, C, D)
-        logit_covariance = []
-        for start in range(0, phi.shape[0], self.chunk_size):
-            chunk = phi[start : start + self.chunk_size]  # (b, D)
-            right = torch.einsum("aibj,nj->naib", blocks, chunk)  # Sigma[a, :, b, :] phi_n, (b, C, D, C)
-            logit_covariance.append(torch.einsum("naib,ni->nab", right, chunk))  # (b, C, C)
-        return phi @ self.weight_map.T, torch.cat(logit_covariance)
-
-    def predictive(
-        self,
-        phi: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        method: str = "mc",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-        return_samples: bool = False,
-    ):
-        """Predictive probabilities (B, C), logits z ~ N(W_map phi + b, J Sigma J^T) sampled jointly.
-
-        Same methods and meaning as :meth:`VBLLHead.predictive` (probit uses only the logit
-        variances). Computed in float64 on the CPU (a CUDA ``generator`` gives its seed to a CPU
-        one, :func:`cpu_generator`); returned on phi's device and in its dtype.
-        """
-        mean, covariance = self.logit_mean_and_covariance(phi)
-        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples,
-                                          cpu_generator(generator), return_samples)
-        if return_samples:
-            return result[0].to(phi.device, phi.dtype), result[1].to(phi.device, phi.dtype)
-        return result.to(phi.device, phi.dtype)
-
-
 # ----------------------------------------------------------------------------- the choice form
 
 
@@ -630,84 +458,3 @@ class ChoiceVBLLHead(VBLLHead):
         samples = samples.masked_fill(~mask, -math.inf)
         probabilities = torch.softmax(samples, dim=-1).mean(dim=0)
         return (probabilities, samples) if return_samples else probabilities
-
-
-class ChoiceLaplace:
-    """Post-hoc Laplace over the choice head's shared weight w (d,), around a trained w_map.
-
-    q(w) = N(w_map, (H + tau I)^{-1}) with the GGN (= exact Hessian, the logits being linear in w)
-    of the summed softmax NLL: H = sum_n Phi_n^T (diag(p_n) - p_n p_n^T) Phi_n, Phi_n (C, d) the
-    choice features of question n. The logits are then jointly Gaussian,
-    z_n ~ N(s_n + Phi_n w_map, Phi_n Sigma Phi_n^T), and the predictive is that of
-    :func:`logit_gaussian_predictive`. tau is chosen on validation NLL (probit), as in
-    :class:`LastLayerLaplace`. Float64 on the CPU.
-    """
-
-    def __init__(self, weight: torch.Tensor):
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
-            raise ShapeError(f"weight must be the choice head's (d,) vector; got {tuple(getattr(weight, 'shape', ()))}")
-        self.in_features = weight.shape[0]
-        self.weight_map = weight.detach().double().cpu()  # (d,)
-        self.prior_precision: float | None = None
-        self.ggn: torch.Tensor | None = None  # (d, d)
-        self.prior_precision_grid = self.val_nll_grid = None
-
-    def _parts(self, features, mask):
-        from polar_vbll.choice import check_choice_features
-
-        check_choice_features(features, self.in_features)
-        scores, phi = features.scores.detach().double().cpu(), features.phi.detach().double().cpu()
-        mask = check_mask(_on_cpu(mask), *scores.shape)
-        return scores, phi, mask
-
-    def ggn_hessian(self, features, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores, phi, mask = self._parts(features, mask)
-        check_labels(_on_cpu(labels), mask)
-        probabilities = torch.softmax((scores + phi @ self.weight_map).masked_fill(~mask, -math.inf), -1)  # (N, C)
-        weighted = phi * probabilities[..., None]  # (N, C, d)
-        mean_phi = weighted.sum(1)  # sum_c p_c phi_c, (N, d)
-        # Phi^T (diag p - p p^T) Phi = sum_c p_c phi_c phi_c^T - (sum_c p_c phi_c)(sum_c p_c phi_c)^T
-        return torch.einsum("ncd,nce->de", weighted, phi) - mean_phi.T @ mean_phi
-
-    def fit(self, features, labels, mask=None, val_features=None, val_labels=None, val_mask=None,
-            taus=tuple(10.0**k for k in range(-3, 6))) -> "ChoiceLaplace":
-        taus = _prior_precisions(taus, val_features is not None)
-        self.ggn = self.ggn_hessian(features, labels, mask)
-        if val_features is None:
-            self.prior_precision = taus[0]
-            return self
-        val_labels = _on_cpu(val_labels)
-        nll = []
-        for tau in taus:
-            self.prior_precision = tau
-            probabilities = self.predictive(val_features, val_mask, method="probit")
-            nll.append(-probabilities.cpu().gather(1, val_labels[:, None].long()).clamp_min(1e-300).log().mean())
-        self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
-        self.val_nll_grid = torch.stack(nll)
-        self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]
-        return self
-
-    def posterior_covariance(self) -> torch.Tensor:
-        if self.ggn is None or self.prior_precision is None:
-            raise ConfigError("ChoiceLaplace must be fitted first: call fit(features, labels, mask, ...)")
-        precision = self.ggn + self.prior_precision * torch.eye(self.in_features, dtype=torch.float64)
-        factor, info = torch.linalg.cholesky_ex(precision)
-        if info.item() != 0:
-            raise NumericalError(f"H + tau I is not positive definite (tau = {self.prior_precision}); use a larger prior precision")
-        return torch.cholesky_inverse(factor)
-
-    def logit_mean_and_covariance(self, features, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C) means s + Phi w_map and (B, C, C) covariances Phi Sigma Phi^T, float64."""
-        scores, phi, _ = self._parts(features, mask)
-        covariance = self.posterior_covariance()
-        return scores + phi @ self.weight_map, torch.einsum("bcd,de,bke->bck", phi, covariance, phi)
-
-    def predictive(self, features, mask=None, method: str = "mc", n_samples: int = 100,
-                   generator: torch.Generator | None = None, return_samples: bool = False):
-        mean, covariance = self.logit_mean_and_covariance(features, mask)
-        device, dtype = features.scores.device, features.scores.dtype
-        result = logit_gaussian_predictive(mean, covariance, _on_cpu(mask), method, n_samples,
-                                          cpu_generator(generator), return_samples)
-        if return_samples:
-            return result[0].to(device, dtype), result[1].to(device, dtype)
-        return result.to(device, dtype)

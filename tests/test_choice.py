@@ -10,7 +10,8 @@ import torch
 from polar_vbll import adapters, choice, cloze, data, feature_cache
 from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
 from polar_vbll.errors import ConfigError, ShapeError
-from polar_vbll.vbll import ChoiceLaplace, ChoiceVBLLHead, VBLLHead
+from polar_vbll.laplace import ChoiceLaplace
+from polar_vbll.vbll import ChoiceVBLLHead, VBLLHead
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from polar_vbll.errors import (
     ShapeError,
 )
 from polar_vbll.linalg import orthogonality_error
-from polar_vbll.vbll import LastLayerLaplace, VBLLHead
+from polar_vbll.laplace import LastLayerLaplace
+from polar_vbll.vbll import VBLLHead
 
 PACKAGE = Path(methods.__file__).resolve().parent
 SMOKE = profiles.get_profile("smoke")
@@ -203,7 +204,7 @@ BAD_INPUTS = [
     ("unknown-method", lambda c: methods.make_method("bayes_lora", profile="smoke"),
      ConfigError, r"unknown method 'bayes_lora'; known methods: zero_shot"),
     ("unknown-profile", lambda c: profiles.get_profile("turbo"),
-     ConfigError, r"unknown profile 'turbo'; expected one of \['smoke', 'cpu', 'gpu'\]"),
+     ConfigError, r"unknown profile 'turbo'; expected one of \['smoke', 'course', 'full'\]"),
     ("unknown-profile-from-env", lambda c: (c.monkeypatch.setenv(profiles.PROFILE_ENV, "laptop"),
                                             profiles.get_profile())[1],
      ConfigError, r"unknown profile 'laptop' \(from POLAR_VBLL_PROFILE\)"),

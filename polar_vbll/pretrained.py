@@ -12,7 +12,8 @@ with, at the ``course`` profile, and writes one small folder per run into :data:
 * otherwise the run is *trained* here, at the notebook's profile, and nothing is written;
 * ``POLAR_VBLL_RETRAIN=1`` always trains;
 * in the ``smoke`` profile the committed ``course`` run is shown when there is one, so that a
-  smoke-profile notebook (and the book) shows a fine-tune worth looking at;
+  smoke-profile notebook (and the book) shows a fine-tune worth looking at (not when live
+  fine-tunes are on: a notebook's runs then all stay at the smoke profile, comparable);
 * **live**: each notebook marks its final fine-tune ``live=True``. On a GPU (or with
   ``POLAR_VBLL_LIVE=1``; ``0`` turns it off) that run is trained here, at the notebook's
   profile, and the line it prints gives the device, the seconds and how far its ACC / ECE / NLL
@@ -424,7 +425,9 @@ def choose(run: Run, say=print, folder: Path | None = None) -> tuple[Run, Path |
         say(f"{run.label}: {RETRAIN_ENV} is set, training at the {run.profile.name} profile")
         return run, None
     candidates = [run]
-    if run.profile.name == "smoke":  # the smoke profile shows the committed course run
+    # the smoke profile shows the committed course run, unless a notebook's final fine-tune is
+    # live: then every run of the notebook stays at the smoke profile, so that they compare
+    if run.profile.name == "smoke" and not live_requested():
         candidates.insert(0, run.at(get_profile(COMMITTED_TIER)))
     messages = []
     for candidate in candidates:
@@ -472,7 +475,8 @@ def train_live(run: Run, splits: dict | None = None, fitted_base: dict | None = 
     resumed = fitted.resumed_from_step
     where = (f" (resumed at step {resumed} from {checkpoint})" if resumed else
              f" (checkpoints in {checkpoint})" if checkpoint else "")
-    say(f"{run.label}: trained here on {devices.name_of(device)} in {fitted.fit_seconds:.0f} s at "
+    done = ("evaluated here (nothing to train)" if run.method == "zero_shot" else "trained here")
+    say(f"{run.label}: {done} on {devices.name_of(device)} in {fitted.fit_seconds:.0f} s at "
         f"the {run.profile.name} profile, {run.profile.steps} steps{where}. "
         f"{difference_from_committed(fitted, folder)}")
     return fitted

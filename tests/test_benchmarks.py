@@ -99,3 +99,27 @@ def test_shared_prompt_benchmark_compares_like_with_like():
     assert result["measurements"]["max_score_difference"]["K=2"] < 1e-4
     assert set(result["measurements"]["seconds_per_step"]) == {"K=2 whole", "K=2 shared"}
     assert result["ratios"]["K=2 whole_over_shared"]["ratio_of_medians"] > 0
+
+
+def test_the_walkthrough_benchmark_times_the_runs_the_notebooks_mark_live():
+    """bench_walkthrough.LIVE names, per notebook, the run its live=True fit_or_load trains."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_walkthrough
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for number, (method, _) in bench_walkthrough.LIVE.items():
+        source = bench_walkthrough.notebook_path(number).with_suffix(".py").read_text()
+        end = source.find("resume_folder=LIVE_RUNS")
+        assert end > 0, f"notebook {number} has no live fine-tune"
+        call = source[source.rfind("fit_or_load(", 0, end) - 200:end + 120]
+        assert f'"{method}"' in call and "live=" in call, (number, method, call)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--notebooks", "07"], "--notebooks '07'"), (["--parts", "coffee"], "--parts 'coffee'"),
+    (["--profile", "cpu"], "profile 'cpu' was renamed")])
+def test_the_walkthrough_benchmark_rejects_bad_arguments_in_one_line(args, message):
+    done = subprocess.run([sys.executable, "benchmarks/bench_walkthrough.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr

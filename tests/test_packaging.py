@@ -78,3 +78,17 @@ def test_every_notebook_has_the_common_opening():
         assert "find_spec(\"polar_vbll\")" in text, source.name
         assert "calibration_explorer" in text, source.name
         assert "solution" in text, source.name
+
+
+def test_the_colab_extra_is_light_and_keeps_the_runtimes_torch():
+    """The notebooks' install cell asks for [colab]: no JupyterLab, no jupyter-book, no pinned
+    torch (Colab brings its own)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    colab = " ".join(extras["colab"])
+    assert "jupyterlab" not in colab and "jupyter-book" not in colab and "notebooks" not in colab
+    torch_requirement = [d for d in project["dependencies"] if d.startswith("torch")]
+    assert torch_requirement == ["torch>=2.2"]  # a range any Colab torch satisfies
+    for notebook in sorted((ROOT / "notebooks").glob("0*.py")):
+        text = notebook.read_text()
+        assert "polar_vbll[colab] @ git+" in text and "[notebooks]" not in text, notebook.name

@@ -107,7 +107,9 @@ def test_a_stale_checkpoint_is_reported_and_never_used(saved, tmp_path):
     assert any("is stale" in message for message in said)
 
 
-def test_the_smoke_profile_shows_the_committed_course_run_when_there_is_one(saved, tmp_path):
+def test_the_smoke_profile_shows_the_committed_course_run_when_there_is_one(saved, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
     _, fitted, _ = saved
     course_run = TINY_RUN.at(get_profile("course"))
     as_if_course = pretrained.Fitted(course_run, fitted.records, fitted.metrics, fitted.history,
@@ -115,6 +117,9 @@ def test_the_smoke_profile_shows_the_committed_course_run_when_there_is_one(save
     pretrained.save(as_if_course, fitted.method, tmp_path, command="pytest")
     shown, path = pretrained.choose(TINY_RUN, print, tmp_path)
     assert shown == course_run and path == tmp_path / course_run.folder_name
+    # with live fine-tunes on, a notebook's runs all stay at the smoke profile (comparable)
+    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    assert pretrained.choose(TINY_RUN, print, tmp_path) == (TINY_RUN, None)
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(saved, tmp_path):

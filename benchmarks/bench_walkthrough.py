@@ -1,0 +1,217 @@
+"""The walkthrough: each notebook's live fine-tune and its whole run, on the device found.
+
+What a learner waits for in a Colab / GPU walkthrough, measured on this machine (CPU rows are
+always possible, so the table always has one). For each notebook, in order, with one fresh
+``POLAR_VBLL_CACHE`` folder for the whole run (a new Colab runtime: the backbone is converted and
+the frozen layers' features are computed once, then shared by the later notebooks):
+
+* ``live``: the notebook's final fine-tune (:data:`LIVE`, the run it marks ``live=True``),
+  trained by ``pretrained.train`` in a child process: seconds, steps, seconds per step (the fit's
+  seconds over its steps: loading and the feature cache of its questions included) and peak memory (CUDA: ``max_memory_allocated``;
+  CPU: the child's peak RSS);
+* ``notebook``: the whole notebook executed by nbclient as a learner runs it on this device with
+  nothing set, its final fine-tune trained live (``POLAR_VBLL_LIVE=1`` is set on a CPU so that a
+  CPU row measures the same work);
+* ``flops_per_step``: floating-point operations of one training step of the live fine-tune
+  (``torch.utils.flop_counter``, the difference of a 2-step and a 1-step fit on 4 questions), for
+  estimating a GPU that is not here: seconds = steps x FLOPs / (peak x efficiency). ``--peak`` and
+  ``--efficiency`` name the GPU and the efficiency; on a GPU the measured efficiency is reported.
+
+    .venv/bin/python benchmarks/bench_walkthrough.py --profile smoke
+    .venv/bin/python benchmarks/bench_walkthrough.py --notebooks 01 --parts live,flops
+
+Targets (issue): on an H100 / H200 every notebook <= 3 min; a T4 (estimated) every notebook
+<= 10 min and its live fine-tune <= 5 min.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+_common.add_repo_to_path()
+
+REPO = Path(__file__).resolve().parents[1]
+# each notebook's final fine-tune (the fit_or_load call it marks live=True)
+LIVE = {"00": ("mle", {}), "01": ("mle", {}), "02": ("polar", {}), "03": ("polar", {}),
+        "04": ("lora_vbll", {}), "05": ("polar_vbll", {})}
+PARTS = ("live", "notebook", "flops")
+T4_FLOAT32_PEAK = 8.1e12  # FLOP/s, NVIDIA's data sheet (the T4 runs float32 here: no bfloat16)
+
+
+def notebook_path(number: str) -> Path:
+    matches = sorted((REPO / "notebooks").glob(f"{number}_*.ipynb"))
+    if not matches:
+        raise SystemExit(f"--notebooks: no notebook {number}_*.ipynb in {REPO / 'notebooks'}")
+    return matches[0]
+
+
+def child_live(profile_name: str, number: str, device: str) -> dict:
+    """Train notebook ``number``'s live fine-tune here; its seconds, steps and peak memory."""
+    import resource
+
+    import torch
+
+    from polar_vbll import pretrained
+    from polar_vbll.profiles import get_profile
+
+    method, options = LIVE[number]
+    run = pretrained.Run(method, "arc_easy", get_profile(profile_name), options=options)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    fitted = pretrained.train(run, progress=False, say=lambda _: None)
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"method": run.label, "seconds": fitted.fit_seconds, "steps": run.profile.steps,
+            "seconds_per_step": fitted.fit_seconds / run.profile.steps,
+            "peak_memory_bytes": peak, "metrics": fitted.metrics["arc_easy"]}
+
+
+def child_flops(profile_name: str, number: str) -> dict:
+    """FLOPs of one training step of notebook ``number``'s live fine-tune (2-step minus 1-step
+    fit of the same 4 questions, so the feature cache and set-up cancel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from polar_vbll import data
+    from polar_vbll.methods import make_method
+    from polar_vbll.profiles import get_profile
+
+    method_name, options = LIVE[number]
+    base = get_profile(profile_name)
+    questions = data.load_task("arc_easy", "train")[: base.batch_size]
+    validation = data.load_task("arc_easy", "validation")[: base.batch_size]
+    counts = {}
+    for steps in (1, 1, 2):  # the first fit fills the feature cache, so both counted fits read it
+        profile = base.with_overrides(steps=steps, train_examples=len(questions))
+        method = make_method(method_name, profile=profile, progress=False, **options)
+        with FlopCounterMode(display=False) as counter:
+            method.fit(questions, validation)
+        counts[steps] = counter.get_total_flops()
+    return {"flops_per_step": counts[2] - counts[1]}
+
+
+def run_child(kind: str, args, number: str, cache: str) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--profile", args.profile,
+               "--notebooks", number, "--device", args.device or ""]
+    env = {**os.environ, "POLAR_VBLL_CACHE": cache}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{kind} of notebook {number} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_notebook(number: str, profile_name: str, device, cache: str) -> dict:
+    """Execute notebook ``number`` in a fresh kernel as on this device with nothing set."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = notebook_path(number)
+    env = {"POLAR_VBLL_PROFILE": profile_name, "POLAR_VBLL_CACHE": cache, "TQDM_DISABLE": "1"}
+    if device.type != "cuda":
+        env["POLAR_VBLL_LIVE"] = "1"  # as a GPU does with nothing set
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            notebook = nbformat.read(path, as_version=4)
+            start = time.perf_counter()
+            NotebookClient(notebook, timeout=1800, kernel_name="python3",
+                           resources={"metadata": {"path": folder}}).execute()
+            seconds = time.perf_counter() - start
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    live_lines = [line for cell in notebook.cells for output in cell.get("outputs", [])
+                  for line in output.get("text", "").splitlines() if "trained here on" in line]
+    return {"seconds": seconds, "live_line": live_lines[0] if live_lines else None}
+
+
+def main() -> None:
+    parser = _common.base_parser(__doc__.splitlines()[0], default_repeats=1)
+    parser.add_argument("--notebooks", default=",".join(LIVE),
+                        help="comma-separated notebook numbers")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--peak", type=float, default=T4_FLOAT32_PEAK,
+                        help="FLOP/s of the GPU to estimate (default: a T4 in float32)")
+    parser.add_argument("--efficiency", type=float, action="append", default=None,
+                        help="fraction of --peak a step reaches there (repeatable; default "
+                             "0.05 and 0.2 as a bracket, or what this GPU measured)")
+    parser.add_argument("--child", choices=["live", "flops"], help=argparse_hidden())
+    args = parser.parse_args()
+    args.profile = args.profile or os.environ.get("POLAR_VBLL_PROFILE") or "course"
+    _common.apply_threads(args)
+    if args.child:
+        result = (child_live(args.profile, args.notebooks, args.device or "cpu")
+                  if args.child == "live" else child_flops(args.profile, args.notebooks))
+        print(json.dumps(result))
+        return
+    device = _common.resolve_device(args.device)
+    args.device = str(device)
+    from polar_vbll.errors import ConfigError
+
+    try:
+        _common.resolve_profile(args.profile)  # an unknown name: one clear line, before any work
+    except ConfigError as error:
+        raise SystemExit(f"--profile: {error}") from None
+    numbers = [n.strip() for n in args.notebooks.split(",") if n.strip()]
+    unknown = [n for n in numbers if n not in LIVE]
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown or not numbers or set(parts) - set(PARTS):
+        raise SystemExit(f"--notebooks {args.notebooks!r} / --parts {args.parts!r}: expected "
+                         f"numbers from {list(LIVE)} and parts from {list(PARTS)}")
+    rows = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for number in numbers:
+            row = rows[number] = {"notebook": notebook_path(number).stem}
+            if "live" in parts:
+                row["live"] = run_child("live", args, number, cache)
+            if "notebook" in parts:
+                row["notebook_run"] = time_notebook(number, args.profile, device, cache)
+            if "flops" in parts:
+                row.update(run_child("flops", args, number, cache))
+    efficiencies = args.efficiency or [0.05, 0.2]
+    lines = [f"{'notebook':<32} {'live s':>8} {'s/step':>7} {'peak GiB':>9} {'notebook s':>11} "
+             f"{'GFLOP/step':>11}"]
+    for number, row in rows.items():
+        live = row.get("live", {})
+        if device.type == "cuda" and live and "flops_per_step" in row:
+            row["efficiency_measured"] = row["flops_per_step"] / live["seconds_per_step"] / args.peak
+        if "flops_per_step" in row and live:
+            row["estimate"] = {f"{e:g}": live["steps"] * row["flops_per_step"] / (args.peak * e)
+                               for e in efficiencies}
+        lines.append(
+            f"{row['notebook']:<32} {live.get('seconds', float('nan')):>8.1f} "
+            f"{live.get('seconds_per_step', float('nan')):>7.3f} "
+            f"{live.get('peak_memory_bytes', float('nan')) / 2**30:>9.2f} "
+            f"{row.get('notebook_run', {}).get('seconds', float('nan')):>11.1f} "
+            f"{row.get('flops_per_step', float('nan')) / 1e9:>11.2f}")
+    notebooks = [row["notebook_run"]["seconds"] for row in rows.values() if "notebook_run" in row]
+    met = None
+    if device.type == "cuda" and notebooks:
+        met = max(notebooks) <= 180
+    payload = _common.result(
+        "walkthrough", device, {"profile": args.profile, "notebooks": rows}, {},
+        "on an H100 / H200 every notebook <= 180 s; T4 estimates: live fine-tune <= 300 s",
+        met, notes="estimate = steps x FLOPs per step / (peak x efficiency); the efficiencies "
+                   "are assumed unless measured on a GPU (efficiency_measured)")
+    _common.emit(payload, lines)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

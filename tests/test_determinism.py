@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from polar_vbll import data, methods, metrics, models, profiles
+from polar_vbll import data, devices, methods, metrics, models, profiles
 from polar_vbll.adapters import adapters_of
 
 SMOKE = profiles.get_profile("smoke")
@@ -77,7 +77,8 @@ def test_start_notebook_prints_and_seeds(capsys):
     """The notebooks' common setup: profile, device, and one seed for torch and the generator."""
     profile, device, generator = profiles.start_notebook("smoke", seed=3)
     printed = capsys.readouterr().out
-    assert profile == SMOKE and "name='smoke'" in printed and f"device: {device}" in printed
+    assert profile == SMOKE and "name='smoke'" in printed
+    assert f"device: {devices.name_of(device)}; {devices.policy(device)}" in printed
     global_draw = torch.rand(4)
     assert torch.equal(global_draw, torch.rand(4, generator=torch.Generator().manual_seed(3)))
     assert torch.equal(torch.rand(4, generator=generator),

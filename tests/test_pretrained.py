@@ -3,7 +3,7 @@
 The last test re-evaluates every committed ``course``-profile checkpoint with the real SmolLM2-135M on
 the first ``pretrained.CHECK_QUESTIONS`` (16, one evaluation batch) questions of each of its test
 sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the metrics must equal
-the recorded ones (accuracy exactly, ECE and NLL to 1e-6), and those predictions must be within
+the recorded ones (accuracy exactly, ECE and NLL to 1e-5), and those predictions must be within
 1e-5 of the recorded check predictions and of the same questions' predictions in the full run.
 """
 
@@ -172,11 +172,12 @@ def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
         theirs = recorded["check"]["metrics"][dataset]
         assert torch.equal(again[dataset]["labels"], check["labels"])
         assert torch.equal(check["labels"], full["labels"][:questions])
+        # ECE, NLL and probabilities to 1e-5, not exactly: the tests run torch with one thread and
+        # `make checkpoints` with two, and another CPU's kernels sum in another order (measured:
+        # probabilities up to 1.5e-6 apart; NLL of 16 questions up to 1.8e-6 on a second machine)
         assert mine["accuracy"] == theirs["accuracy"], (dataset, mine, theirs)
-        assert abs(mine["ece"] - theirs["ece"]) < 1e-6, (dataset, mine, theirs)
-        assert abs(mine["nll"] - theirs["nll"]) < 1e-6, (dataset, mine, theirs)
-        # probabilities to 1e-5, not exactly: the tests run torch with one thread and `make
-        # checkpoints` with two, which sums in another order (measured: up to 1.5e-6)
+        assert abs(mine["ece"] - theirs["ece"]) < 1e-5, (dataset, mine, theirs)
+        assert abs(mine["nll"] - theirs["nll"]) < 1e-5, (dataset, mine, theirs)
         torch.testing.assert_close(again[dataset]["probs"], check["probs"], atol=1e-5, rtol=0)
         # the prefix alone, against the same questions inside the full recorded run
         torch.testing.assert_close(check["probs"], full["probs"][:questions], atol=1e-5, rtol=0)

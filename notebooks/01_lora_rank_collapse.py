@@ -341,7 +341,7 @@ print(f"stable rank of the full-weight gradient G on one batch of {profile.batch
 
 # %%
 fitted = pretrained.fit_or_load(pretrained.Run("mle", "arc_easy", profile, SEED),
-                                live=True, resume_folder=LIVE_RUNS)  # live: trained here on a GPU
+                                live=True, resume_folder=LIVE_RUNS)  # live: on a GPU
 trained, final_profile = fitted.method, fitted.profile
 names = list(trained.adapters)
 report = adapters.rank_report(trained.adapters)

@@ -603,7 +603,7 @@ for name, summary in comparison.items():
 
 # %%
 run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED),
-                             live=True, resume_folder=LIVE_RUNS)  # live: trained here on a GPU
+                             live=True, resume_folder=LIVE_RUNS)  # live: on a GPU
 lora_vbll, lora_vbll_record = run.method, run.records["arc_easy"]
 first = run.profile.eval_batch_size  # the library sets s_0 on the first eval batch of training questions
 if run.profile == profile and len(features_train.phi) >= first:  # the run used this notebook's features

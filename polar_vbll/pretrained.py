@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from polar_vbll import models
-from polar_vbll.checkpoints import atomic_write_text
+from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
 from polar_vbll.errors import CheckpointError, ConfigError
 from polar_vbll.profiles import Profile, get_profile
 
@@ -471,7 +471,7 @@ def train_live(run: Run, splits: dict | None = None, fitted_base: dict | None = 
     checkpoint = Path(resume_folder) / run.folder_name if resume_folder else None
     fitted = train(run, splits, fitted_base, progress, say=lambda _: None,
                    checkpoint_dir=checkpoint)
-    device = models.default_device()
+    device = fitted.method.device
     resumed = fitted.resumed_from_step
     where = (f" (resumed at step {resumed} from {checkpoint})" if resumed else
              f" (checkpoints in {checkpoint})" if checkpoint else "")
@@ -489,8 +489,9 @@ def difference_from_committed(fitted: Fitted, folder: Path | None = None) -> str
     if path is None:
         return "No committed run of this configuration to compare with."
     task = fitted.run.task
-    ours, theirs = fitted.metrics[task], read_run(path)["metrics"][task]
-    return (f"Against the committed run ({read_run(path)['provenance']['machine']}): "
+    recorded = read_run(path)
+    ours, theirs = fitted.metrics[task], recorded["metrics"][task]
+    return (f"Against the committed run ({recorded['provenance']['machine']}): "
             f"ACC {100 * (ours['accuracy'] - theirs['accuracy']):+.1f} points, "
             f"ECE {100 * (ours['ece'] - theirs['ece']):+.1f} points, "
             f"NLL {ours['nll'] - theirs['nll']:+.3f}.")
@@ -528,8 +529,6 @@ def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
     training = Path(checkpoint_dir) / "training" if checkpoint_dir is not None else None
     resumed = _checkpoint_step(training)
     if checkpoint_dir is not None:
-        from polar_vbll.checkpoints import ensure_writable_folder
-
         ensure_writable_folder(checkpoint_dir)  # run.json: which configuration trains here
         atomic_write_text(Path(checkpoint_dir) / "run.json",
                           json.dumps({"key": run.key, "config": run.config()}, indent=1))

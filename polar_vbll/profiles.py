@@ -77,6 +77,10 @@ class Profile:
     # 0 = off (see polar_vbll.choice.append_score_feature). 5 was chosen on ARC-Easy validation
     # questions (benchmarks/learning_log.md): it lowered polar_vbll's ECE and both methods' NLL
     score_feature: float = 5.0
+    # weight samples at prediction for the methods that sample the adapters (tfb, blob): each
+    # sample is one more pass of the adapted layers over the question's choices (with the feature
+    # cache, only the top adapt_layers layers repeat); 10 as in BLoB and TFB
+    adapter_samples: int = 10
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -84,7 +88,12 @@ class Profile:
             raise ConfigError(f"head_form must be 'choice' or 'letter', got {self.head_form!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; those in :data:`KEYED_WHEN_CHANGED` only when they differ from
+        their default (so adding such a field keeps the key of every run that leaves it at its
+        default, as ``Run.set_options`` does for options)."""
+        fields = asdict(self)
+        return {name: value for name, value in fields.items()
+                if name not in KEYED_WHEN_CHANGED or value != KEYED_WHEN_CHANGED[name]}
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some sizes changed; unknown names raise ConfigError."""
@@ -94,13 +103,16 @@ class Profile:
         return replace(self, **changes)
 
 
+# fields that enter Profile.to_dict (and a run's key) only when they differ from these defaults
+KEYED_WHEN_CHANGED = {"adapter_samples": 10}
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", train_examples=16, validation_examples=8, test_examples=16,
         ood_examples=8, steps=4, batch_size=4, grad_accumulation=1, eval_batch_size=8,
         max_length=160, rank=4, alpha=8.0, learning_rate=1e-3, head_learning_rate=1e-3,
         log_every=2, posterior_steps=2, last_layer_samples=32, mc_dropout_passes=3,
-        ensemble_members=2, adapt_layers=2, polar_theta="diagonal",
+        ensemble_members=2, adapt_layers=2, polar_theta="diagonal", adapter_samples=3,
     ),
     # course: chosen on ARC-Easy validation questions, never the test split; every attempt and its
     # numbers are in benchmarks/learning_log.md. In short: 1200 questions and 1200 steps make mle

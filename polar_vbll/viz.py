@@ -479,3 +479,31 @@ def metric_comparison(table) -> go.Figure:
     figure.update_xaxes(showticklabels=False)
     figure.update_layout(height=480, width=max(900, 180 * len(METRIC_AXES) + 60 * len(methods)))
     return figure
+
+
+def accuracy_vs_ece(rows_by_task) -> go.Figure:
+    """One panel per task: each method's accuracy against its ECE, with the ECE noise-floor band.
+
+    ``rows_by_task``: ``{task: [{"method", "accuracy", "ece", "ece_floor"}, ...]}`` as from
+    :func:`polar_vbll.results.method_rows` (fractions; drawn in percent).
+    """
+    if not isinstance(rows_by_task, Mapping) or not all(rows_by_task.values()):
+        raise DataError("rows_by_task must be a non-empty dict {task: [row, ...]} with rows for every task")
+    figure = _new_figure("Accuracy against calibration error", 1, len(rows_by_task),
+                         subplot_titles=list(rows_by_task), horizontal_spacing=0.08)
+    for column, rows in enumerate(rows_by_task.values(), start=1):
+        floors = [100 * row["ece_floor"] for row in rows]
+        figure.add_vrect(x0=np.percentile(floors, 5), x1=np.percentile(floors, 95), fillcolor="#bbbbbb",
+                         opacity=0.3, line_width=0, row=1, col=column)
+        for row in rows:
+            method = str(row["method"])
+            figure.add_trace(go.Scatter(x=[100 * row["ece"]], y=[100 * row["accuracy"]], mode="markers+text",
+                                        text=[method], textposition="top center", textfont=dict(size=11), name=method,
+                                        showlegend=False,
+                                        marker=dict(size=11, color=method_color(method.split(" ")[0])),
+                                        hovertemplate=f"{method}: ECE %{{x:.1f}}%, ACC %{{y:.1f}}%<extra></extra>"),
+                             row=1, col=column)
+        figure.update_xaxes(title_text="ECE (%)", rangemode="tozero", row=1, col=column)
+        figure.update_yaxes(title_text="accuracy (%)", row=1, col=column)
+    figure.update_layout(height=520)
+    return figure

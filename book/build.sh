@@ -39,7 +39,7 @@ if [[ $# -eq 1 ]]; then
 else
     EXECUTED_DIR="$REPO_DIR/build/book-executed"  # not under a _build folder: nbmake skips those
     echo "build.sh: executing ${#sources[@]} notebook(s) into $EXECUTED_DIR" \
-         "(POLAR_VBLL_PROFILE=${POLAR_VBLL_PROFILE:-<unset: gpu with CUDA, else cpu>})"
+         "(POLAR_VBLL_PROFILE=${POLAR_VBLL_PROFILE:-<unset: course>})"
     rm -rf "$EXECUTED_DIR" && mkdir -p "$EXECUTED_DIR"
     cp "${sources[@]}" "$EXECUTED_DIR"/
     (cd "$EXECUTED_DIR" && "$PY" -m pytest -q -p no:cacheprovider --nbmake \

@@ -269,24 +269,25 @@ def committed_results(task: str, methods: list[str], test_questions=None) -> dic
     """
     import torch
 
-    from polar_vbll import data, metrics, pretrained
+    from polar_vbll import data, metrics, run_store
     from polar_vbll.profiles import get_profile
+    from polar_vbll.runs import COMMITTED_TIER, Run
 
-    profile = get_profile(pretrained.COMMITTED_TIER)
+    profile = get_profile(COMMITTED_TIER)
     wanted = None if test_questions in (None, "all") else test_questions
     examples = data.load_task(task, "test", limit=wanted)
     if test_questions is None:
         examples = examples[:profile.test_examples]
     result = {"task": task, "profile": profile.to_dict(), "seed": 0, "model": None,
               "methods": {}, "test_questions": len(examples),
-              "source": f"committed checkpoints ({pretrained.COMMITTED_TIER} tier), "
+              "source": f"committed checkpoints ({COMMITTED_TIER} tier), "
                         f"{len(examples)} {task} test questions"}
     for name in methods:
-        path, reasons = pretrained.find(pretrained.Run(name, task, profile))
+        path, reasons = run_store.find(Run(name, task, profile))
         if path is None:
             raise SystemExit(f"no committed {name!r} checkpoint for {task}: {'; '.join(reasons)}"
                              " (run `polar-vbll checkpoints`)")
-        fitted = pretrained.load(path)
+        fitted = run_store.load(path)
         result["model"] = fitted.run.model
         record = {k: fitted.records[task][k] for k in ("probs", "labels")}
         recorded = len(record["labels"])

@@ -182,8 +182,9 @@ def run_eval(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from polar_vbll import distributed, evaluation, methods, metrics
+    from polar_vbll import distributed, methods, metrics
     from polar_vbll.checkpoints import ensure_writable_folder
+    from polar_vbll.splits import load_splits
 
     profile = _profile(args)
     world = distributed.world()
@@ -192,7 +193,7 @@ def run_finetune(args) -> int:
         raise PolarVBLLError("--resume needs --out (the folder holding the checkpoint)")
     if args.out and main:
         ensure_writable_folder(args.out)
-    splits = evaluation.load_splits(args.task, profile, [])
+    splits = load_splits(args.task, profile, [])
     method = methods.make_method(args.method, profile=profile, model_name=args.model,
                                  seed=args.seed, progress=not args.no_progress and main,
                                  stiefel_method=args.stiefel_method, head_form=args.head_form)
@@ -235,11 +236,12 @@ def run_compare(args) -> int:
 def run_checkpoints(args) -> int:
     import shutil
 
-    from polar_vbll import evaluation, pretrained
+    from polar_vbll import evaluation, run_store
     from polar_vbll.checkpoints import ensure_writable_folder
+    from polar_vbll.runs import course_runs
 
-    folder = Path(args.out) if args.out else pretrained.FOLDER
-    runs = pretrained.course_runs(args.profile)
+    folder = Path(args.out) if args.out else run_store.FOLDER
+    runs = course_runs(args.profile)
     if args.only:
         wanted = {name.strip() for name in args.only.split(",")}
         unknown = wanted - {run.method for run in runs}
@@ -250,10 +252,10 @@ def run_checkpoints(args) -> int:
     for run in runs:
         path = folder / run.folder_name
         status = "committed" if (path / "run.json").is_file() else "missing"
-        print(f"{status:>9}  {run.folder_name:<48} {pretrained.folder_size(path) / 1e6:6.2f} MB")
+        print(f"{status:>9}  {run.folder_name:<48} {run_store.folder_size(path) / 1e6:6.2f} MB")
     if args.list:
-        total = sum(pretrained.folder_size(path) for path in pretrained.committed(folder))
-        print(f"{len(pretrained.committed(folder))} checkpoints, {total / 1e6:.2f} MB in {folder}")
+        total = sum(run_store.folder_size(path) for path in run_store.committed(folder))
+        print(f"{len(run_store.committed(folder))} checkpoints, {total / 1e6:.2f} MB in {folder}")
         return 0
     ensure_writable_folder(folder)
     if args.retrain:
@@ -268,12 +270,12 @@ def run_checkpoints(args) -> int:
         evaluation.compare(task, names, profile=args.profile, ood=list(ood) or None,
                            progress=not args.no_progress, method_options=dict(options),
                            pretrained=True, checkpoint_folder=folder, save_checkpoints=folder)
-    keep = {run.folder_name for run in pretrained.course_runs(args.profile)}
-    for path in pretrained.committed(folder):
-        if path.name not in keep and pretrained.stale_reason(path):
+    keep = {run.folder_name for run in course_runs(args.profile)}
+    for path in run_store.committed(folder):
+        if path.name not in keep and run_store.stale_reason(path):
             shutil.rmtree(path)
             print(f"removed {path.name}: no course run produces it any more")
-    print(f"wrote {pretrained.write_index(folder)}")
+    print(f"wrote {run_store.write_index(folder)}")
     return 0
 
 

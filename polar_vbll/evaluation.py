@@ -1,7 +1,8 @@
 """Evaluation: fit methods, predict in and out of distribution, metrics, JSON and an HTML report.
 
 The out-of-distribution (OOD) protocol of the Bayesian-LoRA literature: train on OpenBookQA,
-evaluate on ARC-Challenge, ARC-Easy and MMLU subjects (:data:`OOD_PROTOCOL`).
+evaluate on ARC-Challenge, ARC-Easy and MMLU subjects (:data:`polar_vbll.splits.OOD_PROTOCOL`,
+importable from here too, like :func:`~polar_vbll.splits.load_splits`).
 
 ``compare`` returns a plain dict (JSON-able once :func:`to_json` drops the tensors)::
 
@@ -18,50 +19,13 @@ from pathlib import Path
 
 import torch
 
-from polar_vbll import data, models
+from polar_vbll import distributed, models
+from polar_vbll import pretrained as pretrained_lib
 from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
 from polar_vbll.errors import ConfigError
 from polar_vbll.methods import get_spec
 from polar_vbll.profiles import Profile, get_profile
-
-OOD_PROTOCOL = ("arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_college_physics",
-                "mmlu_high_school_physics")
-PROTOCOL_TRAIN_TASK = "obqa"
-
-
-def resolve_ood(task: str, ood) -> list[str]:
-    """``ood`` is None, a list/comma-separated string of tasks, or "obqa"/"protocol" for the
-    OBQA -> ARC, MMLU protocol (which requires ``task == "obqa"``)."""
-    if not ood:
-        return []
-    names = [n.strip() for n in ood.split(",")] if isinstance(ood, str) else list(ood)
-    if names in (["obqa"], ["protocol"]):
-        if task != PROTOCOL_TRAIN_TASK:
-            raise ConfigError(f"the OOD protocol trains on {PROTOCOL_TRAIN_TASK!r} but --task is "
-                              f"{task!r}; use --task obqa with --ood {names[0]}, or list OOD "
-                              "tasks explicitly (e.g. --ood arc_challenge,mmlu_college_physics)")
-        return list(OOD_PROTOCOL)
-    for name in names:
-        data.get_task(name)
-    if task in names:
-        raise ConfigError(f"task {task!r} is both the training task and an OOD task")
-    return names
-
-
-def _limit(examples, count):
-    return examples if count is None else examples[:count]
-
-
-def load_splits(task: str, profile: Profile, ood: list[str]) -> dict:
-    """The profile's slices of train / validation / test, plus each OOD task's test split."""
-    splits = {
-        "train": _limit(data.load_task(task, "train"), profile.train_examples),
-        "validation": _limit(data.load_task(task, "validation"), profile.validation_examples),
-        task: _limit(data.load_task(task, "test"), profile.test_examples),
-    }
-    for name in ood:
-        splits[name] = _limit(data.load_task(name, "test"), profile.ood_examples)
-    return splits
+from polar_vbll.splits import OOD_PROTOCOL, PROTOCOL_TRAIN_TASK, load_splits, resolve_ood
 
 
 def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
@@ -80,9 +44,6 @@ def compare(task: str, methods, profile: Profile | str | None = None, ood=None,
     Under ``accelerate launch`` / ``torchrun`` every process trains and evaluates (data parallel,
     :mod:`polar_vbll.distributed`); only the main process speaks and writes files.
     """
-    from polar_vbll import distributed
-    from polar_vbll import pretrained as pretrained_lib
-
     main = distributed.world().is_main
     if not main:
         say, progress, out, save_checkpoints = (lambda *args, **kwargs: None), False, None, None
@@ -206,3 +167,5 @@ def write_results(results: dict, out: str | Path) -> dict[str, Path]:
     return paths
 
 
+__all__ = ["OOD_PROTOCOL", "PROTOCOL_TRAIN_TASK", "compare", "load_splits", "metrics_table",
+           "records_for_widgets", "resolve_ood", "to_json", "write_results"]

@@ -3,8 +3,9 @@
 Every notebook ends with a real fine-tune. Trained at the ``course`` profile it takes minutes on
 a CPU; the ``smoke`` profile (CI, the published book) can only afford a few optimizer steps,
 which show nothing. So ``polar-vbll checkpoints`` trains every fine-tune that the notebooks end
-with, at the ``course`` profile, and writes one small folder per run into :data:`FOLDER`
-(committed with the package). A notebook then asks :func:`fit_or_load` for its run:
+with (:func:`polar_vbll.runs.course_runs`), at the ``course`` profile, and writes one small folder
+per run into :data:`polar_vbll.run_store.FOLDER` (committed with the package). A notebook then
+asks :func:`fit_or_load` for its run:
 
 * a committed checkpoint whose configuration equals the run's (its **key**, a hash of that
   configuration: method, options, task, OOD tasks, model, seed, every profile field) is
@@ -21,400 +22,51 @@ with, at the ``course`` profile, and writes one small folder per run into :data:
   ``log_every`` steps into a resume folder the notebook names, so a run interrupted by a
   disconnect continues from there when the cell runs again.
 
-A checkpoint made with a configuration the code no longer produces (say a profile changed) is
-*stale*: it is reported by name, with the fields that differ, and never used.
-``tests/test_pretrained.py`` re-evaluates every committed checkpoint and requires the recorded
-metrics (accuracy exactly, ECE and NLL to 1e-6) and that none is stale.
-
-A checkpoint folder, ``<method>-<task>-<key>/``::
-
-    config.json, state.json, adapters.safetensors, head.safetensors, ...   (Method.save)
-    run.json                 the run, its key, metrics, fit time, provenance (command, commit,
-                             date, machine)
-    predictions.safetensors  per dataset: probs, labels, mask (and logits, sample_logits for the
-                             in-distribution test set when the method has them); under check/,
-                             the predictions on the first CHECK_QUESTIONS questions of each test
-                             set made on their own, from a fresh feature cache, as the test does
-
-Why a separate check prediction: the frozen lower layers run their rows in batches (questions
-sorted by length, see :mod:`polar_vbll.feature_cache`), so the hidden states of a question differ
-in the last float bits (~1e-6 in a probability) depending on which other questions were batched
-with it. A prefix predicted on its own is exactly reproducible; the test also requires it to be
-within 1e-5 of the full run's predictions.
+The modules below this one hold the parts: :mod:`polar_vbll.runs` (a run, its key, the course's
+catalogue), :mod:`polar_vbll.run_store` (a run's checkpoint folder: find, load, save, index),
+:mod:`polar_vbll.splits` (the questions a run sees) and :mod:`polar_vbll.trained_here` (the
+retrain and live switches). Their public names are importable from here too, so that
+``pretrained.Run`` and ``pretrained.fit_or_load`` sit side by side.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import hashlib
 import json
-import os
-import platform
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from polar_vbll import models
 from polar_vbll.checkpoints import atomic_write_text, ensure_writable_folder
-from polar_vbll.errors import CheckpointError, ConfigError
-from polar_vbll.profiles import Profile, get_profile
-
-FOLDER = Path(__file__).resolve().parent / "trained"
-RETRAIN_ENV = "POLAR_VBLL_RETRAIN"
-LIVE_ENV = "POLAR_VBLL_LIVE"  # auto (default: on a GPU) | 1 | 0
-COMMITTED_TIER = "course"  # the profile whose runs are committed
-PASS_KEYS = ("backbone_passes", "sequences_per_question")  # per record, kept in run.json
-CHECK_QUESTIONS = 16  # the prefix of each test set that tests/test_pretrained.py re-evaluates
-FORMAT_VERSION = 1  # bump when what a checkpoint holds, or how a run is trained, changes
-
-
-@dataclass(frozen=True)
-class Run:
-    """One fine-tune: a method trained on ``task`` and evaluated on its test split (and ``ood``)."""
-
-    method: str
-    task: str
-    profile: Profile
-    seed: int = 0
-    model: str = models.SMOLLM2
-    options: dict = field(default_factory=dict)  # make_method options, e.g. stiefel_method
-    ood: tuple = ()
-
-    @property
-    def set_options(self) -> dict:
-        """The options that are set (None means the method's default), sorted by name."""
-        return {k: v for k, v in sorted(self.options.items()) if v is not None}
-
-    @classmethod
-    def from_config(cls, config: dict, profile: Profile | None = None) -> "Run":
-        """The run a recorded :meth:`config` describes (its own profile, or ``profile``)."""
-        return cls(config["method"], config["task"], profile or Profile(**config["profile"]),
-                   config["seed"], config["model"], config.get("options", {}),
-                   tuple(config.get("ood", ())))
-
-    @property
-    def datasets(self) -> list[str]:
-        return [self.task, *self.ood]
-
-    def config(self) -> dict:
-        """Everything the result depends on, as JSON: the key is a hash of it."""
-        return {"format": FORMAT_VERSION, "method": self.method, "task": self.task,
-                "ood": list(self.ood), "model": self.model, "seed": self.seed,
-                "options": self.set_options,
-                "profile": self.profile.to_dict()}
-
-    @property
-    def key(self) -> str:
-        text = json.dumps(self.config(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    @property
-    def label(self) -> str:
-        """A readable name: the method and its non-default options, e.g. 'polar (geoopt)'."""
-        extra = ", ".join(str(v) for v in self.set_options.values())
-        return f"{self.method} ({extra})" if extra else self.method
-
-    @property
-    def folder_name(self) -> str:
-        options = "".join(f"-{v}" for v in self.set_options.values())
-        return f"{self.method}{options}-{self.task}-{self.key}"
-
-    def at(self, profile: Profile) -> "Run":
-        return self.replace(profile=profile)
-
-    def replace(self, **changes) -> "Run":
-        return dataclasses.replace(self, **changes)
-
-
-# --------------------------------------------------------------------------- the course's runs
-
-ARC, OBQA = "arc_easy", "obqa"
-NINE_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
-                "temperature", "laplace")
-OOD_METHODS = ("zero_shot", "mle", "lora_vbll", "polar_vbll", "temperature", "laplace")
-
-
-def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[Run]:
-    """Every fine-tune the notebooks end with (what ``polar-vbll checkpoints`` trains).
-
-    00, 01: mle. 02: mle, polar. 03: polar trained three ways. 04: lora_vbll. 05: zero_shot and
-    the nine methods on ARC-Easy; six of them trained on OpenBookQA and tested out of
-    distribution. Runs that two notebooks share (mle, polar) are one checkpoint.
-    """
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    runs = [Run(name, ARC, profile, seed) for name in ("zero_shot", *NINE_METHODS)]
-    runs += [Run("polar", ARC, profile, seed, options={"stiefel_method": how})
-             for how in ("geoopt", "retraction")]
-    from polar_vbll.evaluation import OOD_PROTOCOL
-
-    runs += [Run(name, OBQA, profile, seed, ood=OOD_PROTOCOL) for name in OOD_METHODS]
-    return runs
-
-
-# --------------------------------------------------------------------------- finding checkpoints
-
-def retrain_requested() -> bool:
-    return os.environ.get(RETRAIN_ENV, "").strip() not in ("", "0", "false", "False")
-
-
-def live_requested(device: torch.device | str | None = None) -> bool:
-    """Whether a notebook's final fine-tune trains here: ``POLAR_VBLL_LIVE`` = 1 or 0, or unset /
-    ``auto``: on a GPU (``device``, default :func:`polar_vbll.models.default_device`)."""
-    value = os.environ.get(LIVE_ENV, "").strip().lower()
-    if value in ("", "auto"):
-        return torch.device(device or models.default_device()).type == "cuda"
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{LIVE_ENV}={value!r}: expected auto, 1 or 0")
-
-
-def committed(folder: Path | None = None) -> list[Path]:
-    """Every checkpoint folder under ``folder`` (default :data:`FOLDER`), sorted."""
-    folder = Path(folder or FOLDER)
-    return sorted(p.parent for p in folder.glob("*/run.json"))
-
-
-def read_run(path: Path) -> dict:
-    try:
-        return json.loads((Path(path) / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}/run.json cannot be read ({error}); run "
-                              "`polar-vbll checkpoints` to rewrite it") from None
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for name in sorted(set(old) | set(new)):
-        a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{name}.")
-        elif a != b:
-            out.append(f"{prefix}{name}: {a!r} -> {b!r}")
-    return out
-
-
-def stale_reason(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` no longer matches the code (None when it does)."""
-    recorded = read_run(path)
-    config = recorded.get("config", {})
-    try:
-        profile = get_profile(config.get("profile", {}).get("name"))
-    except ConfigError as error:
-        return str(error)
-    run = Run.from_config(config, profile)
-    differences = _differences(config, json.loads(json.dumps(run.config())))  # tuples -> lists
-    if not differences:
-        return None
-    return (f"checkpoint {Path(path).name} is stale: the code now gives " + "; ".join(differences)
-            + ". Run `polar-vbll checkpoints` (or `make checkpoints`) to retrain it")
-
-
-def find(run: Run, folder: Path | None = None) -> tuple[Path | None, list[str]]:
-    """The checkpoint folder of ``run`` (or None) and messages about stale look-alikes."""
-    folder = Path(folder or FOLDER)
-    exact = folder / run.folder_name
-    if (exact / "run.json").is_file():
-        return exact, []
-    prefix = run.folder_name.rsplit("-", 1)[0] + "-"
-    reasons = [stale_reason(p) for p in committed(folder) if p.name.startswith(prefix)]
-    return None, [reason for reason in reasons if reason]  # fresh runs of other tiers are fine
-
-
-# --------------------------------------------------------------------------- a fitted run
-
-@dataclass
-class Fitted:
-    """A run's result: per-dataset records and metrics, history; the method itself on demand."""
-
-    run: Run
-    records: dict
-    metrics: dict
-    history: list
-    fit_seconds: float
-    seconds_per_example: dict
-    loaded_from: Path | None = None  # None: trained in this process
-    _method: object = None
-    check: dict = field(default_factory=dict)  # {dataset: {"probs", "labels"}} (see module doc)
-    provenance: dict = field(default_factory=dict)  # who made the checkpoint (loaded runs)
-    resumed_from_step: int = 0  # trained here from a checkpoint of an interrupted run
-
-    @property
-    def method(self):
-        """The fitted :class:`~polar_vbll.methods.Method` (loaded from the checkpoint if needed)."""
-        if self._method is None:
-            from polar_vbll.methods import Method
-
-            self._method = Method.load(self.loaded_from, progress=False)
-        return self._method
-
-    @property
-    def profile(self) -> Profile:
-        return self.run.profile
-
-    def entry(self) -> dict:
-        """What ``evaluation.compare`` keeps per method."""
-        return {"metrics": self.metrics, "records": self.records,
-                "seconds_per_example": self.seconds_per_example,
-                "fit_seconds": self.fit_seconds, "history": self.history,
-                "loaded_from": self.loaded_from.name if self.loaded_from else None}
-
-
-def _record_tensors(records: dict, task: str) -> dict:
-    tensors = {}
-    for dataset, record in records.items():
-        keys = ["probs", "labels", "mask"] + (["logits", "sample_logits"] if dataset == task
-                                               else [])
-        for key in keys:
-            if isinstance(record.get(key), torch.Tensor):
-                tensors[f"{dataset}/{key}"] = record[key]
-    return tensors
-
-
-def load(path: Path, run: Run | None = None) -> Fitted:
-    """The :class:`Fitted` stored at ``path`` (its method is loaded when first used)."""
-    from safetensors.torch import load_file
-
-    recorded = read_run(path)
-    run = run or Run.from_config(recorded["config"])
-    try:
-        tensors = load_file(str(Path(path) / "predictions.safetensors"))
-    except Exception as error:  # OSError, or safetensors' own error types
-        raise CheckpointError(f"{path}/predictions.safetensors cannot be read ({error}); run "
-                              "`polar-vbll checkpoints` to rewrite it") from None
-    records, check = {}, {}
-    for name, tensor in tensors.items():
-        if name.startswith("check/"):
-            _, dataset, key = name.split("/", 2)
-            check.setdefault(dataset, {})[key] = tensor
-            continue
-        dataset, key = name.split("/", 1)
-        records.setdefault(dataset, {})[key] = tensor
-    missing = [d for d in run.datasets if d not in records]
-    if missing:
-        raise CheckpointError(f"{path}/predictions.safetensors lacks {missing}")
-    for dataset, record in records.items():
-        record["seconds_per_example"] = recorded["seconds_per_example"][dataset]
-        record.update(recorded.get("passes", {}).get(dataset, {}))
-    return Fitted(run, records, recorded["metrics"], recorded["history"],
-                  recorded["fit_seconds"], recorded["seconds_per_example"], Path(path),
-                  check=check, provenance=recorded["provenance"])
-
-
-def save(fitted: Fitted, method, folder: Path | None = None, command: str = "") -> Path:
-    """Write ``fitted`` (and its fitted ``method``) as a checkpoint folder; returns it."""
-    from safetensors.torch import save_file
-
-    from polar_vbll import metrics
-
-    path = Path(folder or FOLDER) / fitted.run.folder_name
-    method.save(path)
-    check = check_predictions(method, fitted.run)
-    tensors = _record_tensors(fitted.records, fitted.run.task)
-    for dataset, record in check.items():
-        for key in ("probs", "labels"):
-            tensors[f"check/{dataset}/{key}"] = record[key]
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-              str(path / "predictions.safetensors"))
-    check_metrics = {dataset: metrics.summarize(record["probs"], record["labels"])
-                     for dataset, record in check.items()}
-    record = {"key": fitted.run.key, "config": fitted.run.config(), "metrics": fitted.metrics,
-              "check": {"questions": CHECK_QUESTIONS, "metrics": check_metrics},
-              "fit_seconds": fitted.fit_seconds,
-              "seconds_per_example": fitted.seconds_per_example,
-              "passes": {dataset: {key: record[key] for key in PASS_KEYS if key in record}
-                         for dataset, record in fitted.records.items()},
-              "history": fitted.history, "provenance": provenance(command)}
-    atomic_write_text(path / "run.json", json.dumps(record, indent=1))
-    return path
-
-
-def check_predictions(method, run: Run, questions: int = CHECK_QUESTIONS,
-                      cache_folder: Path | None = None) -> dict:
-    """{dataset: prediction record} on the first ``questions`` questions of each test set of
-    ``run``, predicted on their own (module doc). The frozen layers' states of those questions
-    come from ``cache_folder``, a feature-cache folder that only this function writes to
-    (default: a fresh temporary one), so they are always computed the same way."""
-    import tempfile
-
-    sets = evaluation_questions(run)
-    cache = getattr(method.form, "cache", None)  # None at full depth: nothing is cached
-    store, folder = (cache.store, cache.folder) if cache is not None else (None, None)
-    with tempfile.TemporaryDirectory() as temporary:
-        if cache is not None:
-            cache.store, cache.folder = {}, Path(cache_folder or temporary)
-        try:
-            return {dataset: method.predict(sets[dataset][:questions]) for dataset in run.datasets}
-        finally:
-            if cache is not None:
-                cache.store, cache.folder = store, folder
-
-
-def evaluation_questions(run: Run) -> dict:
-    """{dataset: questions} that ``run`` is evaluated on, at its profile's sizes."""
-    from polar_vbll import evaluation
-
-    splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
-    return {dataset: splits[dataset] for dataset in run.datasets}
-
-
-def folder_size(path: Path) -> int:
-    """Bytes in the files directly inside ``path`` (0 when it does not exist)."""
-    return sum(f.stat().st_size for f in Path(path).glob("*") if f.is_file())
-
-
-def write_index(folder: Path | None = None) -> Path:
-    """``README.md`` in ``folder``: what each checkpoint is, its metrics and who made it."""
-    folder = Path(folder or FOLDER)
-    lines = ["# Committed fine-tunes (load-or-train)", "",
-             "Written by `polar-vbll checkpoints` (`make checkpoints`); do not edit. Each folder is "
-             "one run of `polar_vbll.pretrained.course_runs()`, named `<method>[-<options>]-<task>-"
-             "<key>` where the key is a hash of the run's whole configuration (`Run.config()`). "
-             "`run.json` holds the configuration, the metrics, the training history and the "
-             "provenance below; the notebooks load these with `pretrained.fit_or_load`, and "
-             "`tests/test_pretrained.py` re-evaluates each one.", "",
-             "| checkpoint | profile | steps | test set | ACC % | ECE % | NLL | fit s | commit | date | machine | size |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    total = 0
-    for path in committed(folder):
-        record = read_run(path)
-        config, made = record["config"], record["provenance"]
-        summary = record["metrics"][config["task"]]
-        size = folder_size(path)
-        total += size
-        commit = made["commit"][:10] + (" (+ changes)" if made.get("uncommitted_changes") else "")
-        lines.append(
-            f"| `{path.name}` | {config['profile']['name']} | {config['profile']['steps']} | "
-            f"{config['task']} ({len(config['ood'])} OOD) | {100 * summary['accuracy']:.1f} | "
-            f"{100 * summary['ece']:.1f} | {summary['nll']:.3f} | {record['fit_seconds']:.0f} | "
-            f"{commit} | {made['date']} | {made['machine']} | {size / 1e3:.0f} kB |")
-    lines += ["", f"{len(committed(folder))} checkpoints, {total / 1e6:.2f} MB in all.", ""]
-    path = folder / "README.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
-
-
-def provenance(command: str) -> dict:
-    """Who made a checkpoint: command, commit, date, machine."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    return {"command": command, "commit": commit or "unknown",
-            "uncommitted_changes": bool(dirty.strip()),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "torch": torch.__version__}
+from polar_vbll.errors import ConfigError
+from polar_vbll.profiles import get_profile
+from polar_vbll.run_store import (
+    CHECK_QUESTIONS,
+    FOLDER,
+    PASS_KEYS,
+    Fitted,
+    check_predictions,
+    committed,
+    config_differences,
+    find,
+    folder_size,
+    load,
+    provenance,
+    read_run,
+    save,
+    stale_reason,
+    write_index,
+)
+from polar_vbll.runs import (
+    ARC,
+    COMMITTED_TIER,
+    FORMAT_VERSION,
+    NINE_METHODS,
+    OBQA,
+    OOD_METHODS,
+    Run,
+    course_runs,
+)
+from polar_vbll.splits import evaluation_questions, load_splits
+from polar_vbll.trained_here import LIVE_ENV, RETRAIN_ENV, live_requested, retrain_requested
 
 
 # --------------------------------------------------------------------------- load or train
@@ -446,7 +98,7 @@ def fit_or_load(run: Run, splits: dict | None = None, fitted_base: dict | None =
     """Load the committed checkpoint of ``run`` if there is one (see the module docstring),
     else :func:`train` it here.
 
-    ``splits``: the profile's splits when the caller already has them (``evaluation.load_splits``);
+    ``splits``: the profile's splits when the caller already has them (:func:`load_splits`);
     ``fitted_base``: for temperature and laplace, the fitted state of the mle (or polar) they
     start from (see ``Method.fit``). ``live``: this is a notebook's final fine-tune, trained here
     when :func:`live_requested` (and not :func:`retrain_requested`, which trains every run) and
@@ -514,13 +166,13 @@ def train(run: Run, splits: dict | None = None, fitted_base: dict | None = None,
     except training checkpoints in ``checkpoint_dir`` when given, from which an interrupted run
     resumes: ``checkpoint_dir/run.json`` names the configuration, ``checkpoint_dir/training`` holds
     the trainer's checkpoint (the folder must hold this run's configuration, or nothing)."""
-    from polar_vbll import devices, evaluation, metrics
+    from polar_vbll import devices, metrics
     from polar_vbll.methods import make_method
 
     if checkpoint_dir is not None:
         check_resume_folder(run, checkpoint_dir)
     if splits is None:
-        splits = evaluation.load_splits(run.task, run.profile, list(run.ood))
+        splits = load_splits(run.task, run.profile, list(run.ood))
     start = time.perf_counter()
     method = make_method(run.method, profile=run.profile, model_name=run.model, seed=run.seed,
                          progress=progress, **run.options)
@@ -562,7 +214,7 @@ def check_resume_folder(run: Run, path: str | Path) -> None:
             raise ConfigError(f"resume folder {path}: {marker.name} cannot be read ({error}); "
                               "delete the folder or choose another") from None
         if recorded.get("key") != run.key:
-            differences = _differences(recorded.get("config", {}),
+            differences = config_differences(recorded.get("config", {}),
                                        json.loads(json.dumps(run.config())))
             raise ConfigError(f"resume folder {path} holds a checkpoint of another configuration "
                               f"({'; '.join(differences[:4]) or recorded.get('key')}); nothing "
@@ -584,8 +236,10 @@ def _checkpoint_step(path: str | Path | None) -> int:
         return 0
 
 
-__all__ = ["COMMITTED_TIER", "FOLDER", "Fitted", "LIVE_ENV", "RETRAIN_ENV", "Run", "choose",
-           "check_predictions", "check_resume_folder", "committed", "course_runs",
-           "difference_from_committed", "evaluation_questions", "find", "fit_or_load",
-           "folder_size", "live_requested", "load", "load_and_say", "provenance", "read_run",
-           "retrain_requested", "save", "stale_reason", "train", "train_live", "write_index"]
+__all__ = ["ARC", "CHECK_QUESTIONS", "COMMITTED_TIER", "FOLDER", "FORMAT_VERSION", "Fitted",
+           "LIVE_ENV", "NINE_METHODS", "OBQA", "OOD_METHODS", "PASS_KEYS", "RETRAIN_ENV", "Run",
+           "check_predictions", "check_resume_folder", "choose", "committed", "config_differences",
+           "course_runs", "difference_from_committed", "evaluation_questions", "find",
+           "fit_or_load", "folder_size", "live_requested", "load", "load_and_say", "load_splits",
+           "provenance", "read_run", "retrain_requested", "save", "stale_reason", "train",
+           "train_live", "write_index"]

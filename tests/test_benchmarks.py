@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from polar_vbll import data, metrics, pretrained
+from polar_vbll import data, metrics, run_store
 from polar_vbll.profiles import get_profile
+from polar_vbll.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,10 @@ def bench(script: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-def committed(name: str) -> pretrained.Fitted:
-    path, reasons = pretrained.find(pretrained.Run(name, "arc_easy", get_profile("course")))
+def committed(name: str) -> run_store.Fitted:
+    path, reasons = run_store.find(Run(name, "arc_easy", get_profile("course")))
     assert path is not None, reasons
-    return pretrained.load(path)
+    return run_store.load(path)
 
 
 def test_calibration_benchmark_reads_the_committed_checkpoints():

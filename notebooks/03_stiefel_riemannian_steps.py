@@ -494,7 +494,7 @@ print(f"standard error of an accuracy on {len(record['labels'])} questions: {100
 #   model and buys steps without any QR, SVD or solve.
 # - The three fine-tunes need not end in the same place (the accuracies above, against the standard
 #   error): they differ only in how $X$ and $Y$ move (geoopt also transports Adam's moments). With
-#   one seed each and a standard error of about two points, whether a gap of a few points comes from
+#   one seed each and the standard error above, whether a gap of a few points comes from
 #   the optimizer or from chance is not tested here.
 #
 # Notebook 04 turns to the other half of PoLAR-VBLL: a variational Bayesian last layer and its ELBO.

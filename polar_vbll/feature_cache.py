@@ -161,7 +161,8 @@ def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, 
 
 
 def _cache_argument(decoder) -> str | None:
-    """The name under which this decoder takes a key/value cache (transformers renamed it)."""
+    """The name under which this decoder takes a key/value cache (``cache`` or
+    ``past_key_values``, depending on the transformers version)."""
     parameters = inspect.signature(decoder.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 

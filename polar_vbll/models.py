@@ -53,11 +53,9 @@ def attention_kernels(device: torch.device | str):
 
     Rows are left-padded (:func:`polar_vbll.data.left_pad`), so the query at a padding position
     attends to nothing. For some shapes PyTorch picks its cuDNN attention kernel, whose backward
-    pass returns NaN gradients for such fully masked rows while the forward pass stays finite.
-    Measured on an H200 (torch 2.11, bfloat16): a batch of 8 ARC-Easy questions 64 tokens wide
-    gave NaN in every adapter's gradient with cuDNN and finite ones with the memory-efficient or
-    the math kernel, or in float32, and full-depth fine-tunes stopped at step 17. Elsewhere
-    (the CPU, a torch without cuDNN attention) this changes nothing.
+    pass returns NaN gradients for such fully masked rows while the forward pass stays finite;
+    the memory-efficient and the math kernels give finite gradients. Elsewhere (the CPU, a torch
+    without cuDNN attention) this changes nothing.
     """
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
@@ -147,22 +145,24 @@ def _load_smollm2(dtype: torch.dtype):
     return model, _load_smollm2_tokenizer()
 
 
+def tiny_llama_config(vocab_size: int, hidden_size: int = 64, **fields):
+    """A 2-layer Llama configuration (4 attention heads, 2 key-value heads, an MLP twice as wide
+    as ``hidden_size``): the random backbone of :data:`TINY` and of the tests; ``fields`` sets
+    any other ``LlamaConfig`` field."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                       intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, **fields)
+
+
 def _build_tiny(dtype: torch.dtype):
     """A 2-layer random Llama with SmolLM2's tokenizer: same code path, seconds to run."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = _load_smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(len(tokenizer), max_position_embeddings=1024,
+                               tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)

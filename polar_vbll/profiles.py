@@ -22,9 +22,8 @@ optimizer steps -- and only changes how many of them:
 Every profile uses the choice form (``head_form="choice"``, :mod:`polar_vbll.choice`); the letter
 form stays selectable (``--head-form letter``, ``make_method(..., head_form="letter")``).
 
-Unset, the profile is ``course`` on every device. The names ``cpu`` and ``gpu`` of earlier
-versions are refused with a message naming their successors (``course`` has exactly the fields
-``cpu`` had; ``full`` is not what ``gpu`` was).
+Unset, the profile is ``course`` on every device. ``cpu`` and ``gpu`` are not profiles: asking
+for either is refused with a message naming the profile to use instead (:data:`RENAMED`).
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ class Profile:
     polar_theta: str = "full"  # PoLAR's core Theta: "full" (r x r) or "diagonal" (r,)
     # choice form: kappa of the score feature, phi_c -> [phi_c, kappa (s_c - mean_c s_c)], so the
     # head also learns (and VBLL/Laplace are uncertain about) how far to trust the cloze score;
-    # 0 = off (see polar_vbll.choice.append_score_feature). 5 was chosen on ARC-Easy validation
-    # questions (benchmarks/learning_log.md): it lowered polar_vbll's ECE and both methods' NLL
+    # 0 = off (see polar_vbll.choice.append_score_feature); 5 is the choice on ARC-Easy
+    # validation questions (benchmarks/learning_log.md)
     score_feature: float = 5.0
     # weight samples at prediction for the methods that sample the adapters (tfb, blob): each
     # sample is one more pass of the adapted layers over the question's choices (with the feature
@@ -138,7 +137,7 @@ PROFILES: dict[str, Profile] = {
 
 
 DEFAULT = "course"
-# names of earlier versions: what to use instead
+# names that are not profiles, and the profile to use instead
 RENAMED = {"cpu": "'course' (the same fields: the course's validated profile, on any device)",
            "gpu": "'full' (paper scale, every layer; it is not what 'gpu' was) or 'course' "
                   "(the notebooks' profile, also on a GPU)"}

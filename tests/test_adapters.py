@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from polar_vbll import models
 from polar_vbll.adapters import (
     LoRALinear,
     PoLARLinear,
@@ -26,15 +27,7 @@ def tiny_llama(seed=0):
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(models.tiny_llama_config(128, hidden_size=32)).eval()
 
 
 def seeded(*shape, seed, dtype=torch.float32):

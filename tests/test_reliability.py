@@ -18,15 +18,8 @@ import torch
 
 from polar_vbll import adapters as adapter_lib
 from polar_vbll import checkpoints, data, evaluation, methods, models, profiles, training
-from polar_vbll.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    ModelError,
-    NumericalError,
-    PolarVBLLError,
-    ShapeError,
-)
+from polar_vbll.errors import (CheckpointError, ConfigError, DataError, ModelError,
+                               NumericalError, PolarVBLLError, ShapeError)
 from polar_vbll.linalg import orthogonality_error
 from polar_vbll.laplace import LastLayerLaplace
 from polar_vbll.vbll import VBLLHead

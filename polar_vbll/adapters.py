@@ -20,6 +20,7 @@ finds them again; ``save_adapters`` / ``load_adapters`` store only the adapter t
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -322,6 +323,23 @@ def add_adapters(
         setattr(parent, child_name, adapter)
         adapters[name] = adapter
     return adapters
+
+
+def reset_adapters(adapters: dict[str, nn.Module], seed: int) -> None:
+    """Re-initialise adapters in place exactly as ``add_adapters(seed=seed)`` would (one generator
+    seeded with ``seed``, the layers in the same order): how an ensemble starts each member."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            options = {"dropout": adapter.dropout.p}
+            if isinstance(adapter, PoLARLinear):
+                options["theta"] = adapter.theta_kind
+            fresh = copy.deepcopy(adapter)
+            fresh.__init__(adapter.base, adapter.rank, adapter.alpha, **options,
+                           generator=generator)
+            for name, parameter in adapter.named_parameters():
+                if not name.startswith("base."):
+                    parameter.copy_(dict(fresh.named_parameters())[name])
 
 
 def adapter_state_dict(adapters: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

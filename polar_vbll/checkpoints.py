@@ -92,6 +92,25 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tenso
     return tensors, config, state
 
 
+def method_profile(config: dict, folder: str | Path):
+    """The :class:`~polar_vbll.profiles.Profile` of a method checkpoint's ``config`` (written by
+    ``Method.save``); CheckpointError when the config is not one."""
+    from polar_vbll.profiles import Profile
+
+    if "method" not in config:
+        raise CheckpointError(f"{folder}/config.json has no 'method' entry; not a method "
+                              "checkpoint")
+    missing = sorted({"model", "seed", "profile", "options"} - set(config))
+    if missing:
+        raise CheckpointError(f"{folder}/config.json lacks {missing}; expected the config "
+                              "written by Method.save")
+    try:
+        return Profile(**config["profile"])
+    except TypeError as error:
+        raise CheckpointError(f"{folder}/config.json: 'profile' does not match the "
+                              f"Profile fields ({error})") from None
+
+
 def load_into_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
     """``module.load_state_dict`` with a CheckpointError naming keys and shapes on mismatch."""
     expected = module.state_dict()

@@ -27,11 +27,12 @@ import math
 
 import torch
 
+from polar_vbll import metrics
 from polar_vbll.errors import ConfigError, NumericalError, ShapeError
 from polar_vbll.vbll import check_features, check_labels, check_mask, logit_gaussian_predictive
 
 PRIOR_PRECISIONS = tuple(10.0**k for k in range(-3, 6))
-"""The default grid of prior precisions tau that ``fit`` chooses from."""
+"""The grid of prior precisions tau that ``fit`` chooses from (the one grid: ``laplace`` uses it)."""
 
 
 def _on_cpu(tensor):
@@ -68,8 +69,9 @@ class LaplacePosterior:
     * ``_caller_tensor(features)``: the tensor whose device and dtype predictions come back in.
 
     ``prior_precision`` (tau) is a plain attribute; ``fit`` chooses it by grid search on the
-    validation NLL of the probit predictive and records the grid in ``prior_precision_grid`` /
-    ``val_nll_grid``. Setting ``ggn`` (``fit``, or loading a saved posterior) clears the cached
+    validation NLL (:func:`polar_vbll.metrics.negative_log_likelihood`) of the predictive that is
+    reported (Monte Carlo by default, with the same samples and seed as the prediction) and records
+    the grid in ``prior_precision_grid`` / ``val_nll_grid``. Setting ``ggn`` (``fit``, or loading a saved posterior) clears the cached
     covariance.
     """
 
@@ -91,8 +93,11 @@ class LaplacePosterior:
 
     def fit(self, features, labels: torch.Tensor, mask: torch.Tensor | None = None,
             val_features=None, val_labels: torch.Tensor | None = None,
-            val_mask: torch.Tensor | None = None, taus=PRIOR_PRECISIONS) -> "LaplacePosterior":
-        """Build the GGN on the training features, then pick tau from ``taus`` by validation NLL.
+            val_mask: torch.Tensor | None = None, taus=PRIOR_PRECISIONS, predictive: str = "mc",
+            n_samples: int = 100, seed: int = 0) -> "LaplacePosterior":
+        """Build the GGN on the training features, then pick tau from ``taus`` by the validation
+        NLL of ``predictive(..., predictive, n_samples, generator seeded with seed)``: the very
+        predictive a prediction with those settings reports (every tau sees the same draws).
 
         Without validation data, ``taus`` must hold a single value, which is used as is.
         """
@@ -109,12 +114,24 @@ class LaplacePosterior:
         val_nll = []
         for tau in taus:
             self.prior_precision = tau
-            probabilities = self.predictive(val_features, val_mask, method="probit").cpu()  # (N_val, C)
-            true_class = probabilities.gather(1, val_labels[:, None].long())
-            val_nll.append(-true_class.clamp_min(1e-300).log().mean())
+            generator = torch.Generator().manual_seed(seed)
+            probabilities = self.predictive(val_features, val_mask, predictive, n_samples,
+                                            generator).cpu()  # (N_val, C)
+            val_nll.append(metrics.negative_log_likelihood(probabilities, val_labels))
         self.prior_precision_grid = torch.tensor(taus, dtype=torch.float64)
-        self.val_nll_grid = torch.stack(val_nll)
+        self.val_nll_grid = torch.tensor(val_nll, dtype=torch.float64)
         self.prior_precision = taus[int(torch.argmin(self.val_nll_grid))]
+        return self
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps: the GGN (float64, an exact round trip) and tau."""
+        return {"ggn": self.ggn, "prior_precision": torch.tensor(self.prior_precision,
+                                                                dtype=torch.float64)}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> "LaplacePosterior":
+        """The fitted posterior again, from :meth:`state` (same head weights)."""
+        self.ggn = state["ggn"].double()
+        self.prior_precision = float(state["prior_precision"])
         return self
 
     def posterior_covariance(self) -> torch.Tensor:
@@ -271,3 +288,9 @@ class ChoiceLaplace(LaplacePosterior):
         scores, phi, _ = self._parts(features, mask)
         covariance = self.posterior_covariance()
         return scores + phi @ self.weight_map, torch.einsum("bcd,de,bke->bck", phi, covariance, phi)
+
+
+def posterior_around(weight: torch.Tensor, form: str) -> LaplacePosterior:
+    """An unfitted Laplace posterior around a trained head's ``weight``: :class:`ChoiceLaplace`
+    for the choice form (``form="choice"``), :class:`LastLayerLaplace` for the letter form."""
+    return (ChoiceLaplace if form == "choice" else LastLayerLaplace)(weight.detach())

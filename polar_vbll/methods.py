@@ -9,7 +9,7 @@ name           adapters  head       training / prediction
 =============  ========  =========  =========================================================
 zero_shot      --        answer     nothing: the cloze classifier (choice form) or the letter logits
 mle            LoRA      answer     cross-entropy
-map            LoRA      answer     cross-entropy + Gaussian prior on the adapters (weight decay)
+map            LoRA      answer     cross-entropy + (tau / 2N) ||theta||^2: a Gaussian prior (MAP)
 polar          PoLAR     answer     cross-entropy; X, Y by landing (or geoopt / retraction)
 lora_vbll      LoRA      VBLL       Jensen ELBO, all parameters jointly
 polar_vbll     PoLAR     VBLL       Jensen ELBO, alternating adapter / posterior steps
@@ -17,6 +17,7 @@ mc_dropout     LoRA      answer     dropout on the adapter input; N stochastic p
 ensemble       LoRA      answer     M independently seeded members, probabilities averaged
 temperature    LoRA      answer     mle, then one temperature fitted on validation NLL
 laplace        LoRA      answer     mle (or polar), then a last-layer Laplace posterior
+tfb            LoRA      answer     mle, then an isotropic posterior on Delta W; N sampled passes
 =============  ========  =========  =========================================================
 
 The "answer" head depends on the profile's ``head_form`` (or ``head_form=...``):
@@ -31,13 +32,11 @@ The "answer" head depends on the profile's ``head_form`` (or ``head_form=...``):
 
 Either way every method starts from the same zero-shot model, and the Bayesian heads (VBLL,
 Laplace) sample only the last layer: one backbone pass per question (in the choice form, one
-batched pass over the question's choices).
+batched pass over the question's choices). tfb samples the adapters: one pass per weight draw.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,12 +45,14 @@ import torch
 
 from polar_vbll import adapters as adapter_lib
 from polar_vbll import checkpoints, data, distributed, models
+from polar_vbll import tfb as tfb_lib
 from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
-from polar_vbll.errors import CheckpointError, ConfigError
-from polar_vbll.laplace import ChoiceLaplace, LaplacePosterior, LastLayerLaplace
+from polar_vbll.errors import ConfigError
+from polar_vbll.laplace import LaplacePosterior, posterior_around
 from polar_vbll.profiles import Profile, get_profile
-from polar_vbll.training import AnswerHead, LetterForm, Trainer, TrainConfig
-from polar_vbll.vbll import ChoiceVBLLHead, VBLLHead
+from polar_vbll.temperature import fit_temperature
+from polar_vbll.training import AnswerHead, LetterForm, Trainer, TrainConfig, seeded_global_rng
+from polar_vbll.vbll import VBLLHead, head_at_zero_shot
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,22 @@ class MethodSpec:
     objective: str = "cross_entropy"
     schedule: str = "joint"
     weight_decay: float = 0.0
+    prior_precision: float = 0.0  # MAP's Gaussian prior (TrainConfig.prior_precision)
     dropout: float = 0.0
     members: int = 1  # > 1 only for the ensemble; 0 = as many as the profile's ensemble_members
-    post_hoc: str | None = None  # "temperature" | "laplace"
+    post_hoc: str | None = None  # "temperature" | "laplace" | "tfb"
     description: str = ""
 
+
+# map's prior precision tau: N(0, I / tau) on every adapter and head parameter, its log-density
+# scaled by 1 / N (N training questions) like the ELBO's KL; chosen on validation questions
+MAP_PRIOR_PRECISION = 1.0
 
 METHODS: dict[str, MethodSpec] = {
     "zero_shot": MethodSpec(adapter=None, description="answer-letter logits, no training"),
     "mle": MethodSpec(description="LoRA + answer head, cross-entropy"),
-    "map": MethodSpec(weight_decay=0.1, description="mle with a Gaussian prior (weight decay)"),
+    "map": MethodSpec(prior_precision=MAP_PRIOR_PRECISION,
+                      description="mle + Gaussian prior on adapters and head (MAP)"),
     "polar": MethodSpec(adapter="polar", description="PoLAR + answer head, landing"),
     "lora_vbll": MethodSpec(head="vbll", objective="elbo", description="LoRA + VBLL, joint ELBO"),
     "polar_vbll": MethodSpec(adapter="polar", head="vbll", objective="elbo",
@@ -80,10 +87,10 @@ METHODS: dict[str, MethodSpec] = {
     "ensemble": MethodSpec(members=0, description="M seeded LoRA members"),
     "temperature": MethodSpec(post_hoc="temperature", description="mle + temperature scaling"),
     "laplace": MethodSpec(post_hoc="laplace", description="mle + last-layer Laplace"),
+    "tfb": MethodSpec(post_hoc="tfb", description="mle + training-free Bayesianization (tfb.py)"),
 }
 
 PREDICTIVES = ("mc", "probit", "mean")
-LAPLACE_PRIOR_PRECISIONS = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
 
 
 def method_names() -> list[str]:
@@ -94,22 +101,6 @@ def get_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T > 0 minimizing validation NLL of softmax(logits / T) (L-BFGS on log T)."""
-    log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
-    finite = logits.masked_fill(~torch.isfinite(logits), -1e4)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(finite / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 class Method:
@@ -151,6 +142,7 @@ class Method:
         self.trainer: Trainer | None = None
         self.temperature = 1.0
         self.laplace: LaplacePosterior | None = None
+        self.tfb: tfb_lib.TFBPosterior | None = None
         self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
         self.history: list[dict] = []  # one entry per training step (the last member's)
         self.rank_history: dict = {}  # step -> adapters.rank_report (every profile.log_every)
@@ -174,7 +166,7 @@ class Method:
                 layers=top.layer_indices() if top is not None else None)
         elif spec.adapter:
             self.adapters = adapter_lib.adapters_of(self.model)
-            _reset_adapters(self.adapters, seed)
+            adapter_lib.reset_adapters(self.adapters, seed)
         if spec.head == "vbll":
             self._build_vbll_head()
         elif self.form.name == "choice":
@@ -192,7 +184,8 @@ class Method:
         return TrainConfig(
             steps=p.steps, batch_size=p.batch_size, grad_accumulation=accumulation,
             max_length=p.max_length, learning_rate=rate,
-            head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay, seed=seed,
+            head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay,
+            prior_precision=s.prior_precision, seed=seed,
             log_every=p.log_every, objective=s.objective, schedule=s.schedule,
             stiefel_method=self.options["stiefel_method"], posterior_steps=p.posterior_steps)
 
@@ -219,7 +212,7 @@ class Method:
         if fitted_base is not None:
             if not self.spec.post_hoc:
                 raise ConfigError(f"method {self.name!r} has no post-hoc step; fitted_base is only "
-                                  "for temperature and laplace")
+                                  "for the post-hoc methods")
             self._load_member(fitted_base)
             self.history = list(fitted_base.get("history", []))
         for member in range(max(1, self.spec.members) if fitted_base is None else 0):
@@ -244,6 +237,12 @@ class Method:
             self.temperature = fit_temperature(logits, labels)
         elif self.spec.post_hoc == "laplace":
             self._fit_laplace(train_examples, validation_examples)
+        elif self.spec.post_hoc == "tfb":
+            self.form.prepare(validation_examples)
+            self.tfb = tfb_lib.TFBPosterior(self.adapters).fit(
+                self._batch_probs, tfb_lib.anchor_batches(validation_examples,
+                                                          self.profile.eval_batch_size),
+                self.profile.adapter_samples, seed=self.seed)
         return self
 
     def _set_prior_scale(self, examples) -> None:
@@ -261,32 +260,19 @@ class Method:
         self._build_vbll_head()
 
     def _build_vbll_head(self) -> None:
-        """VBLL head at the zero-shot rows; prior N(rows, s I); q starts at 10% of the prior's
-        variance (logit variance ~0.1 at s = 1 / ||phi||^2, so the first predictive is within
-        ~1e-2 of the zero-shot one) and a KL of d * C * (ln 10 - 0.9) / 2 ~ 2000 nats that the
-        covariance learning rate removes within a few dozen head steps."""
-        scale = self.prior_scale or 1.0
-        if self.form.name == "choice":  # q(w) = N(0, 0.1 s I) at first: the cloze classifier
-            self.head = ChoiceVBLLHead(self.form.feature_width,
-                                       covariance=self.options["covariance"], prior_scale=scale,
-                                       init_scale=(0.1 * scale) ** 0.5).to(self.device)
-            return
-        weight = models.answer_head_weight(self.model, self.tokenizer, data.NUM_CLASSES)
-        self.head = VBLLHead(weight.shape[1], data.NUM_CLASSES,
-                             covariance=self.options["covariance"], prior_scale=scale,
-                             init_mean=weight, prior_mean=weight,
-                             init_scale=(0.1 * scale) ** 0.5).to(self.device)
+        """VBLL head at the zero-shot classifier, prior N(., s I) (:func:`vbll.head_at_zero_shot`)."""
+        rows = None if self.form.name == "choice" else models.answer_head_weight(
+            self.model, self.tokenizer, data.NUM_CLASSES)
+        self.head = head_at_zero_shot(self.form.feature_width, self.options["covariance"],
+                                      self.prior_scale or 1.0, rows).to(self.device)
 
     def _fit_laplace(self, train_examples, validation_examples) -> None:
         phi, labels, mask = self.extract_features(train_examples)
         val_phi, val_labels, val_mask = self.extract_features(validation_examples)
-        self.laplace = self._laplace_posterior().fit(
-            phi, labels, mask, val_phi, val_labels, val_mask, taus=LAPLACE_PRIOR_PRECISIONS)
-
-    def _laplace_posterior(self):
-        """An unfitted Laplace posterior around the trained head."""
-        posterior = ChoiceLaplace if self.form.name == "choice" else LastLayerLaplace
-        return posterior(self.head.weight.detach())
+        self.laplace = posterior_around(self.head.weight, self.form.name).fit(
+            phi, labels, mask, val_phi, val_labels, val_mask,
+            predictive=self.options["predictive"], n_samples=self.profile.last_layer_samples,
+            seed=self.seed)
 
     def fitted_state(self) -> dict:
         """Adapters, head and training history after ``fit``: what ``fit(fitted_base=...)`` of a
@@ -358,7 +344,8 @@ class Method:
         with seeded_global_rng(self.seed, self.device):  # the N dropout passes of mc_dropout
             record = self._predict(examples, generator)
         record["seconds_per_example"] = (time.perf_counter() - start) / len(examples)
-        record["backbone_passes"] = self.dropout_passes or max(1, self.spec.members)
+        record["backbone_passes"] = (self.dropout_passes or self.weight_samples
+                                     or max(1, self.spec.members))
         # a pass of the choice form runs one sequence per (question, choice) pair
         per_pass = (sum(e.num_choices for e in examples) / len(examples)
                     if self.form.name == "choice" else 1.0)
@@ -382,6 +369,10 @@ class Method:
         posterior, or else one head (divided by its temperature, 1 unless one was fitted)."""
         if self.dropout_passes:
             return self._predict_with_dropout(examples)
+        if self.weight_samples:  # tfb
+            self.form.prepare(examples)
+            return self.tfb.predict(self._batch_probs, examples, self.profile.eval_batch_size,
+                                    self.weight_samples, self.seed)
         if self.members:
             return self._predict_members(examples)
         phi, labels, mask = self.extract_features(examples, progress=self._progress)
@@ -419,6 +410,17 @@ class Method:
             mask.append(chunk_mask)
         return {"probs": torch.cat(probs), "labels": torch.cat(labels), "mask": torch.cat(mask)}
 
+    @property
+    def weight_samples(self) -> int:
+        """Adapter weight draws per question at test time (tfb: ``profile.adapter_samples``), else 0."""
+        return self.profile.adapter_samples if self.tfb is not None else 0
+
+    @torch.no_grad()
+    def _batch_probs(self, chunk) -> torch.Tensor:
+        """softmax of the head on one batch of questions (this process runs it whole), (B, C)."""
+        phi, _, mask = self.extract_features(chunk, shard=False)
+        return torch.softmax(self.head(phi, mask), -1)
+
     def _predict_members(self, examples) -> dict:
         """The mean softmax of the ensemble members (each loaded in turn)."""
         probs = 0
@@ -433,7 +435,9 @@ class Method:
     def config(self) -> dict:
         return {"method": self.name, "model": self.model_name, "seed": self.seed,
                 "profile": self.profile.to_dict(), "options": self.options,
-                "temperature": self.temperature, "prior_scale": self.prior_scale}
+                "temperature": self.temperature, "prior_scale": self.prior_scale,
+                **({"tfb_scale": self.tfb.scale, "tfb_search": self.tfb.trace}
+                   if self.tfb is not None else {})}
 
     def save(self, folder) -> Path:
         """Adapters + head (+ members, Laplace posterior) as safetensors, config as JSON."""
@@ -443,9 +447,7 @@ class Method:
             tensors[f"member{index}_adapters"] = member["adapters"]
             tensors[f"member{index}_head"] = member["head"]
         if self.laplace is not None:
-            tensors["laplace"] = {"ggn": self.laplace.ggn,  # float64: exact round trip
-                                  "prior_precision": torch.tensor(self.laplace.prior_precision,
-                                                                 dtype=torch.float64)}
+            tensors["laplace"] = self.laplace.state()
         state = {"history": self.history, "members": len(self.members),
                  "rank_history": {str(step): report for step, report in self.rank_history.items()}}
         return checkpoints.save_checkpoint(folder, tensors, self.config(), state)
@@ -454,18 +456,7 @@ class Method:
     def load(cls, folder, device=None, progress: bool = True) -> "Method":
         """Rebuild a method from :meth:`save`'s folder; predictions are identical."""
         tensors, config, state = checkpoints.load_checkpoint(folder)
-        if "method" not in config:
-            raise CheckpointError(f"{folder}/config.json has no 'method' entry; not a method "
-                                  "checkpoint")
-        missing = sorted({"model", "seed", "profile", "options"} - set(config))
-        if missing:
-            raise CheckpointError(f"{folder}/config.json lacks {missing}; expected the config "
-                                  "written by Method.save")
-        try:
-            profile = Profile(**config["profile"])
-        except TypeError as error:
-            raise CheckpointError(f"{folder}/config.json: 'profile' does not match the "
-                                  f"Profile fields ({error})") from None
+        profile = checkpoints.method_profile(config, folder)
         method = cls(config["method"], profile=profile, model_name=config["model"],
                      seed=config["seed"], device=device, progress=progress, **config["options"])
         method.temperature = config.get("temperature", 1.0)
@@ -477,43 +468,17 @@ class Method:
             method._build_vbll_head()
         if method.adapters:
             adapter_lib.load_adapters(method.adapters, Path(folder) / "adapters.safetensors")
+        if "tfb_scale" in config:  # U from the loaded B, the scale from the search
+            method.tfb = tfb_lib.TFBPosterior(method.adapters, config["tfb_scale"])
+            method.tfb.trace = [tuple(step) for step in config.get("tfb_search", [])]
         checkpoints.load_into_module(method.head, tensors.get("head", {}), f"{folder}: head")
         method.members = [{"adapters": tensors[f"member{i}_adapters"],
                            "head": tensors[f"member{i}_head"]}
                           for i in range(int(state.get("members", 0)))]
         if "laplace" in tensors:
-            method.laplace = method._laplace_posterior()
-            method.laplace.ggn = tensors["laplace"]["ggn"].double()
-            method.laplace.prior_precision = float(tensors["laplace"]["prior_precision"])
+            method.laplace = posterior_around(method.head.weight, method.form.name).restore(
+                tensors["laplace"])
         return method
-
-
-@contextlib.contextmanager
-def seeded_global_rng(seed: int, device: torch.device):
-    """Dropout draws its masks from torch's global generator: fork it and seed it, so the same
-    seed gives the same masks and the caller's random state is left as it was."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def _reset_adapters(adapters: dict, seed: int) -> None:
-    """Re-initialise adapters in place exactly as add_adapters(seed=seed) would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in adapters.values():
-            fresh = copy.deepcopy(adapter)
-            fresh.__init__(adapter.base, adapter.rank, adapter.alpha, **_adapter_options(adapter),
-                           generator=generator)
-            for name, parameter in adapter.named_parameters():
-                if not name.startswith("base."):
-                    parameter.copy_(dict(fresh.named_parameters())[name])
-
-
-def _adapter_options(adapter) -> dict:
-    if isinstance(adapter, adapter_lib.PoLARLinear):
-        return {"theta": adapter.theta_kind, "dropout": adapter.dropout.p}
-    return {"dropout": adapter.dropout.p}
 
 
 def make_method(name: str, profile: Profile | str | None = None, **options) -> Method:

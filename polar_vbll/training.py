@@ -41,6 +41,7 @@ says why this is exactly one process's step on the global batch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -79,6 +80,10 @@ class TrainConfig:
     head_learning_rate: float = 3e-4
     covariance_learning_rate: float = 5e-2
     weight_decay: float = 0.0
+    # MAP: precision tau of a Gaussian prior N(0, I / tau) on every trained adapter and head
+    # parameter; its negative log-density tau ||theta||^2 / 2, scaled by 1 / num_data like the
+    # ELBO's KL, is added to the cross-entropy (0: no prior, the mle objective)
+    prior_precision: float = 0.0
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -100,6 +105,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accumulation", "max_length", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.prior_precision < 0:
+            raise ConfigError(f"prior_precision must be >= 0, got {self.prior_precision}")
         if self.posterior_steps < 0:
             raise ConfigError(f"posterior_steps must be >= 0, got {self.posterior_steps}")
         for name in ("learning_rate", "head_learning_rate", "covariance_learning_rate"):
@@ -121,6 +128,15 @@ class AnswerHead(nn.Module):
     def forward(self, phi: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = phi @ self.weight.T  # (B, C)
         return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Dropout draws its masks from torch's global generator: fork it and seed it, so the same
+    seed gives the same masks and the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
@@ -226,7 +242,11 @@ class Trainer:
                                           num_data=self.num_data)
             return {"loss": terms.loss, "bound": terms.bound, "kl": terms.kl}
         logits = self.head(phi, batch["choice_mask"])  # (B, C)
-        return {"loss": F.cross_entropy(logits, batch["labels"])}
+        loss = F.cross_entropy(logits, batch["labels"])
+        if self.config.prior_precision:  # MAP: - log N(theta; 0, I / tau) / N, constants dropped
+            squares = sum(p.square().sum() for p in self._trainable(self.optimizers))
+            loss = loss + self.config.prior_precision * squares / (2 * self.num_data)
+        return {"loss": loss}
 
     def _check_finite(self, terms: dict, where: str) -> None:
         for name, value in terms.items():

@@ -458,3 +458,23 @@ class ChoiceVBLLHead(VBLLHead):
         samples = samples.masked_fill(~mask, -math.inf)
         probabilities = torch.softmax(samples, dim=-1).mean(dim=0)
         return (probabilities, samples) if return_samples else probabilities
+
+
+def head_at_zero_shot(in_features: int, covariance: str, prior_scale: float,
+                      zero_shot_rows: torch.Tensor | None = None) -> VBLLHead:
+    """A VBLL head whose mean is the zero-shot classifier, prior N(mean, s I) with s = ``prior_scale``.
+
+    Choice form (``zero_shot_rows`` None): :class:`ChoiceVBLLHead`, q(w) = N(0, 0.1 s I), the
+    cloze classifier. Letter form: :class:`VBLLHead` at (and with its prior around) the
+    answer-letter rows (C, d). q starts at 10% of the prior's variance (logit variance ~0.1 at
+    s = 1 / ||phi||^2, so the first predictive is within ~1e-2 of the zero-shot one) and a KL of
+    d * C * (ln 10 - 0.9) / 2 ~ 2000 nats that the covariance learning rate removes within a few
+    dozen head steps.
+    """
+    init_scale = (0.1 * prior_scale) ** 0.5
+    if zero_shot_rows is None:
+        return ChoiceVBLLHead(in_features, covariance=covariance, prior_scale=prior_scale,
+                              init_scale=init_scale)
+    return VBLLHead(zero_shot_rows.shape[1], zero_shot_rows.shape[0], covariance=covariance,
+                    prior_scale=prior_scale, init_mean=zero_shot_rows,
+                    prior_mean=zero_shot_rows, init_scale=init_scale)

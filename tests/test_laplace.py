@@ -50,21 +50,31 @@ def test_ggn_equals_autograd_hessian_of_the_summed_nll():
     torch.testing.assert_close(ggn_no_bias, ggn_zero_bias.reshape(3, 6, 3, 6)[:, :5, :, :5].reshape(15, 15), rtol=1e-12, atol=1e-12)
 
 
-def test_prior_precision_grid_picks_the_validation_minimum():
+@pytest.mark.parametrize("predictive", ["mc", "probit"])
+def test_prior_precision_grid_picks_the_validation_minimum_of_the_reported_predictive(predictive):
     weight, bias, train, val = laplace_problem(seed=1)
     taus = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
-    laplace = LastLayerLaplace(weight, bias).fit(*train, *val, taus=taus)
+    laplace = LastLayerLaplace(weight, bias).fit(*train, *val, taus=taus, predictive=predictive,
+                                                 n_samples=200, seed=3)
     phi, labels, mask = val
     recomputed = []
-    for tau in taus:  # independent recomputation through the public predictive
+    for tau in taus:  # independent recomputation through the public predictive, as predicted
         laplace.prior_precision = tau
-        probabilities = laplace.predictive(phi, mask, method="probit")
+        probabilities = laplace.predictive(phi, mask, method=predictive, n_samples=200,
+                                           generator=torch.Generator().manual_seed(3))
         recomputed.append(-probabilities[torch.arange(len(labels)), labels].log().mean().item())
     torch.testing.assert_close(laplace.val_nll_grid, torch.tensor(recomputed, dtype=torch.float64), rtol=1e-10, atol=1e-12)
     chosen = taus[min(range(len(taus)), key=recomputed.__getitem__)]
-    laplace.fit(*train, *val, taus=taus)
+    laplace.fit(*train, *val, taus=taus, predictive=predictive, n_samples=200, seed=3)
     assert laplace.prior_precision == chosen
     assert max(recomputed) - min(recomputed) > 1e-3  # the grid matters on this problem
+
+
+def test_one_grid_of_prior_precisions():
+    from polar_vbll import laplace, methods
+
+    assert laplace.PRIOR_PRECISIONS == tuple(10.0**k for k in range(-3, 6))
+    assert not any("PRIOR_PRECISIONS" in name for name in vars(methods))
 
 
 def test_laplace_logit_covariance_and_joint_samples():

@@ -37,7 +37,8 @@ def test_every_method_fits_and_predicts_on_smollm2(name, splits):
         assert len(history) == SMOKE.steps and all("loss" in h for h in history)
         assert "stable_rank" in history[-1]
     expected_passes = {"mc_dropout": SMOKE.mc_dropout_passes,
-                       "ensemble": SMOKE.ensemble_members}.get(name, 1)
+                       "ensemble": SMOKE.ensemble_members,
+                       "tfb": SMOKE.adapter_samples}.get(name, 1)
     assert record["backbone_passes"] == expected_passes
     if name in ("lora_vbll", "polar_vbll", "laplace"):
         assert record["sample_logits"].shape == (SMOKE.last_layer_samples, *probs.shape)

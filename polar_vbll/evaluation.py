@@ -140,24 +140,62 @@ def metrics_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def uncertainty_summary(results: dict) -> dict:
+    """Per method and dataset: AURC, excess AURC, accuracy at 50% / 80% coverage and, for each
+    OOD dataset, the AUROC against the task's test split by 1 - max p and by the entropy
+    (:mod:`polar_vbll.uncertainty`)."""
+    from polar_vbll import uncertainty
+
+    summary = {}
+    for name, entry in results["methods"].items():
+        records, task = entry["records"], results["task"]
+        summary[name] = {dataset: uncertainty.selective_summary(record["probs"], record["labels"])
+                         for dataset, record in records.items()}
+        for dataset in results["ood"]:
+            auroc = uncertainty.ood_auroc(records[task]["probs"], records[dataset]["probs"])
+            summary[name][dataset].update({f"auroc ({score})": value for score, value in auroc.items()})
+    return summary
+
+
+def uncertainty_table(results: dict) -> str:
+    """:func:`uncertainty_summary` as plain text, one row per method and dataset."""
+    header = f"{'method':<12} {'dataset':<26} {'AURC':>7} {'excess':>7} {'acc@50':>7} {'acc@80':>7} " \
+             f"{'AUROC 1-max p':>14} {'AUROC entropy':>14}"
+    lines = [header, "-" * len(header)]
+    for name, by_dataset in uncertainty_summary(results).items():
+        for dataset, row in by_dataset.items():
+            auroc = [f"{row[key]:>14.3f}" if key in row else f"{'':>14}"
+                     for key in ("auroc (max probability)", "auroc (entropy)")]
+            lines.append(f"{name:<12} {dataset:<26} {row['aurc']:>7.4f} {row['excess_aurc']:>7.4f} "
+                         f"{100 * row['accuracy@50']:>7.1f} {100 * row['accuracy@80']:>7.1f} " + " ".join(auroc))
+    lines.append("AURC: area under the risk-coverage curve (lower is better); acc@k: accuracy on the k% "
+                 "most confident questions; AUROC: the OOD set against the task's test split")
+    return "\n".join(lines)
+
+
 def write_results(results: dict, out: str | Path) -> dict[str, Path]:
-    """results.json (atomic) and report.html (reliability diagrams, metric bars) in ``out``."""
-    from polar_vbll import viz
+    """results.json (atomic) and report.html (reliability diagrams with bin counts, metric bars,
+    the selective-prediction and OOD-detection table, risk-coverage curves) in ``out``."""
+    from polar_vbll import uncertainty_viz, viz
 
     out = Path(out)
     ensure_writable_folder(out)
     paths = {"json": out / "results.json", "report": out / "report.html"}
-    atomic_write_text(paths["json"], json.dumps(to_json(results), indent=1))
+    atomic_write_text(paths["json"], json.dumps({**to_json(results), "uncertainty": uncertainty_summary(results)},
+                                                indent=1))
     table = {name: entry["metrics"][results["task"]]
              for name, entry in results["methods"].items()}
     figures = [viz.reliability_diagram(
         {name: entry["records"][results["task"]] for name, entry in results["methods"].items()},
-        slider_bins=[5, 10, 15, 20]), viz.metric_comparison(table)]
+        slider_bins=[5, 10, 15, 20]), viz.metric_comparison(table),
+        uncertainty_viz.risk_coverage_figure(
+            {name: entry["records"][results["task"]] for name, entry in results["methods"].items()},
+            title=f"Risk-coverage on {results['task']}: answer the most confident questions first")]
     for dataset in results["ood"]:
         figures.append(viz.reliability_diagram(
             {name: entry["records"][dataset] for name, entry in results["methods"].items()}))
     parts = [f"<h1>polar_vbll: {results['task']} ({results['profile']['name']} profile)</h1>",
-             f"<pre>{metrics_table(results)}</pre>"]
+             f"<pre>{metrics_table(results)}</pre>", f"<pre>{uncertainty_table(results)}</pre>"]
     for index, figure in enumerate(figures):
         parts.append(figure.to_html(full_html=False,
                                     include_plotlyjs="inline" if index == 0 else False))
@@ -168,4 +206,5 @@ def write_results(results: dict, out: str | Path) -> dict[str, Path]:
 
 
 __all__ = ["OOD_PROTOCOL", "PROTOCOL_TRAIN_TASK", "compare", "load_splits", "metrics_table",
-           "records_for_widgets", "resolve_ood", "to_json", "write_results"]
+           "records_for_widgets", "resolve_ood", "to_json", "uncertainty_summary", "uncertainty_table",
+           "write_results"]

@@ -185,6 +185,9 @@ def reliability_diagram(results, n_bins: int = 15, slider_bins=None, arrangement
                 position = dict(row=1, col=index + 1) if side_by_side else {}
                 figure.add_trace(go.Bar(x=centers.tolist(), y=_plain(bins["accuracy"]), width=1.0 / option, name=name,
                                         marker=dict(color=color, line=dict(color="white", width=1)),
+                                        # how many questions each bin holds, at the foot of its bar
+                                        text=[str(int(count)) if count else "" for count in bins["count"]],
+                                        textposition="inside", insidetextanchor="start", textangle=0,
                                         customdata=hover_data.tolist(), hovertemplate=hover,
                                         meta=dict(method=method, n_bins=option, ece=ece)), **position)
                 figure.add_trace(go.Bar(x=centers.tolist(), y=_plain(bins["confidence"] - bins["accuracy"]),

@@ -1,4 +1,4 @@
-"""Inference time per example: deterministic vs VBLL (MC in the head, probit) vs MC-dropout vs ensemble.
+"""Inference time per example: deterministic, VBLL (MC, probit), MC-dropout, ensemble, BLoB.
 
 Every side is a ``polar_vbll.methods.make_method(...)`` and a timed call is
 ``method.predict(test_examples)`` on the same ARC-Easy test questions (the library's own
@@ -6,12 +6,14 @@ prediction path: batching, backbone pass(es), head, softmax). Training does not 
 of prediction, so the methods are used as built (zero-shot start), except the ensemble, which
 needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first.
 Sides alternate round-robin in one run. The JSON also gives, per side, the backbone passes
-and the sequences per question of one prediction (the choice form: one sequence per choice).
+and the sequences per question of one prediction (the choice form: one sequence per choice;
+with the course profile's feature cache a pass reruns only the top ``adapt_layers`` layers).
+BLoB (and PoLAR-BLoB) draw ``--samples`` adapter weight samples per question, one pass each.
 
     .venv/bin/python benchmarks/bench_inference.py --repeats 3
 
 Targets (issue): VBLL <= 1.05 x deterministic (same PoLAR backbone) and VBLL >= 8 x faster
-than MC-dropout with 10 passes.
+than MC-dropout with 10 passes; BLoB with 10 samples >= 5 x PoLAR-VBLL's time per question.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ SIDES = {  # name -> (method, options)
     "deterministic_lora": ("mle", {}),
     "mc_dropout": ("mc_dropout", {}),
     "ensemble": ("ensemble", {}),
+    "blob": ("blob", {}),
+    "polar_blob": ("polar_blob", {}),
 }
 VBLL_OVER_DETERMINISTIC = 1.05
 MC_DROPOUT_OVER_VBLL = 8.0
+BLOB_OVER_VBLL = 5.0
 
 
 def main() -> None:
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=16, help="ARC-Easy test questions per call")
     parser.add_argument("--passes", type=int, default=10, help="MC-dropout passes")
     parser.add_argument("--members", type=int, default=3, help="ensemble members")
+    parser.add_argument("--samples", type=int, default=10,
+                        help="weight samples of BLoB / PoLAR-BLoB (profile.adapter_samples)")
     parser.add_argument("--ensemble-fit-steps", type=int, default=1)
     parser.add_argument("--sides", default=",".join(SIDES), help=f"subset of {list(SIDES)}")
     args = parser.parse_args()
@@ -44,6 +51,7 @@ def main() -> None:
     device = _common.resolve_device(args.device)
     profile = _common.resolve_profile(args.profile).with_overrides(
         mc_dropout_passes=args.passes, ensemble_members=args.members,
+        adapter_samples=args.samples,
         steps=args.ensemble_fit_steps)
     from polar_vbll import data
     from polar_vbll.methods import make_method
@@ -65,7 +73,8 @@ def main() -> None:
     measurements = {
         "examples_per_call": len(examples), "eval_batch_size": profile.eval_batch_size,
         "last_layer_samples": profile.last_layer_samples, "mc_dropout_passes": args.passes,
-        "ensemble_members": args.members, "head_form": profile.head_form,
+        "ensemble_members": args.members, "adapter_samples": args.samples,
+        "head_form": profile.head_form,
         "adapt_layers": profile.adapt_layers,
         # what one prediction runs per question: backbone passes, and the sequences they hold
         # (the choice form runs one sequence per (question, choice) pair in each pass; with
@@ -90,10 +99,19 @@ def main() -> None:
         value = ratios["mc_dropout_over_vbll_mc"]["ratio_of_medians"]
         checks.append(value >= MC_DROPOUT_OVER_VBLL)
         lines.append(f"MC-dropout-{args.passes} / VBLL (mc): {value:.2f}")
+    if {"vbll_mc", "blob"} <= set(times):
+        ratios["blob_over_vbll_mc"] = _common.ratio(per_example["blob"], per_example["vbll_mc"])
+        value = ratios["blob_over_vbll_mc"]["ratio_of_medians"]
+        checks.append(value >= BLOB_OVER_VBLL)
+        lines.append(f"BLoB-{args.samples} / VBLL (mc): {value:.2f}")
+    lines.append("per question: " + ", ".join(
+        f"{n} {r['backbone_passes']} pass(es), {r['sequences_per_question']:.2f} sequences"
+        for n, r in records.items()))
     payload = _common.result(
         "inference", device, measurements, ratios,
         target=f"vbll_mc <= {VBLL_OVER_DETERMINISTIC} x deterministic_polar and mc_dropout "
-               f"({args.passes} passes) >= {MC_DROPOUT_OVER_VBLL:g} x vbll_mc (ratios of medians)",
+               f"({args.passes} passes) >= {MC_DROPOUT_OVER_VBLL:g} x vbll_mc and blob "
+               f"({args.samples} samples) >= {BLOB_OVER_VBLL:g} x vbll_mc (ratios of medians)",
         met=all(checks) if checks else None, profile=profile.name, repeats=args.repeats)
     _common.emit(payload, lines)
 

@@ -18,6 +18,8 @@ ensemble       LoRA      answer     M independently seeded members, probabilitie
 temperature    LoRA      answer     mle, then one temperature fitted on validation NLL
 laplace        LoRA      answer     mle (or polar), then a last-layer Laplace posterior
 tfb            LoRA      answer     mle, then an isotropic posterior on Delta W; N sampled passes
+blob           LoRA      answer     BLoB: Gaussian q(A), KL / N, flipout; N sampled passes at test
+polar_blob     PoLAR     answer     BLoB's posterior on PoLAR's core Theta (polar_vbll.blob)
 =============  ========  =========  =========================================================
 
 The "answer" head depends on the profile's ``head_form`` (or ``head_form=...``):
@@ -44,6 +46,7 @@ from pathlib import Path
 import torch
 
 from polar_vbll import adapters as adapter_lib
+from polar_vbll import blob
 from polar_vbll import checkpoints, data, distributed, models
 from polar_vbll import tfb as tfb_lib
 from polar_vbll.choice import ChoiceFeatures, ChoiceForm, ChoiceHead
@@ -66,6 +69,7 @@ class MethodSpec:
     dropout: float = 0.0
     members: int = 1  # > 1 only for the ensemble; 0 = as many as the profile's ensemble_members
     post_hoc: str | None = None  # "temperature" | "laplace" | "tfb"
+    adapter_posterior: bool = False  # BLoB: a Gaussian posterior on the adapters (blob.py)
     description: str = ""
 
 
@@ -88,6 +92,10 @@ METHODS: dict[str, MethodSpec] = {
     "temperature": MethodSpec(post_hoc="temperature", description="mle + temperature scaling"),
     "laplace": MethodSpec(post_hoc="laplace", description="mle + last-layer Laplace"),
     "tfb": MethodSpec(post_hoc="tfb", description="mle + training-free Bayesianization (tfb.py)"),
+    "blob": MethodSpec(adapter_posterior=True,
+                       description="BLoB: Gaussian posterior on LoRA's A, N sampled passes"),
+    "polar_blob": MethodSpec(adapter="polar", adapter_posterior=True,
+                             description="BLoB's posterior on PoLAR's core, N sampled passes"),
 }
 
 PREDICTIVES = ("mc", "probit", "mean")
@@ -164,6 +172,8 @@ class Method:
                 dropout=spec.dropout, seed=seed,
                 theta=profile.polar_theta,
                 layers=top.layer_indices() if top is not None else None)
+            if spec.adapter_posterior:  # BLoB: the same adapters, plus a posterior std
+                self.adapters = blob.make_variational(self.model, self.adapters, seed=seed)
         elif spec.adapter:
             self.adapters = adapter_lib.adapters_of(self.model)
             adapter_lib.reset_adapters(self.adapters, seed)
@@ -219,7 +229,8 @@ class Method:
             seed = self.seed + 1000 * member
             if member:
                 self._build(seed)
-            self.trainer = Trainer(self.model, self.tokenizer, self.head,
+            trainer = blob.BLoBTrainer if self.spec.adapter_posterior else Trainer
+            self.trainer = trainer(self.model, self.tokenizer, self.head,
                                    self.train_config(seed), num_data=len(train_examples),
                                    form=self.form)
             if resume and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
@@ -355,6 +366,8 @@ class Method:
     @property
     def dropout_passes(self) -> int:
         """Stochastic passes per question at test time when the adapters have dropout, else 0."""
+        if self.spec.adapter_posterior:  # BLoB: one weight sample per pass
+            return self.profile.adapter_samples
         return self.profile.mc_dropout_passes if self.spec.dropout > 0 else 0
 
     def _last_layer_posterior(self):
@@ -402,9 +415,11 @@ class Method:
         for chunk in data.batches(examples, self.profile.eval_batch_size):
             chunk_probs = 0
             for _ in range(self.dropout_passes):  # every process runs them all
+                blob.draw_posterior_sample(self.adapters)  # BLoB: this pass's weights
                 phi, chunk_labels, chunk_mask = self.extract_features(chunk, dropout=True,
                                                                       shard=False)
                 chunk_probs = chunk_probs + torch.softmax(self.head(phi, chunk_mask), -1)
+            blob.clear_posterior_sample(self.adapters)
             probs.append(chunk_probs / self.dropout_passes)
             labels.append(chunk_labels)
             mask.append(chunk_mask)

@@ -85,6 +85,10 @@ class Profile:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.head_form not in ("choice", "letter"):
             raise ConfigError(f"head_form must be 'choice' or 'letter', got {self.head_form!r}")
+        if isinstance(self.adapter_samples, bool) or not isinstance(self.adapter_samples, int) \
+                or self.adapter_samples < 1:
+            raise ConfigError(f"adapter_samples (weight samples per question at prediction) must "
+                              f"be an integer >= 1, got {self.adapter_samples!r}")
 
     def to_dict(self) -> dict:
         """The fields as a dict; those in :data:`KEYED_WHEN_CHANGED` only when they differ from

@@ -38,6 +38,8 @@ def test_every_method_fits_and_predicts_on_smollm2(name, splits):
         assert "stable_rank" in history[-1]
     expected_passes = {"mc_dropout": SMOKE.mc_dropout_passes,
                        "ensemble": SMOKE.ensemble_members,
+                       "blob": SMOKE.adapter_samples,
+                       "polar_blob": SMOKE.adapter_samples,
                        "tfb": SMOKE.adapter_samples}.get(name, 1)
     assert record["backbone_passes"] == expected_passes
     if name in ("lora_vbll", "polar_vbll", "laplace"):

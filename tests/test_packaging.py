@@ -42,8 +42,8 @@ def test_console_script_points_at_the_cli():
     assert _pyproject()["scripts"]["polar-vbll"] == "polar_vbll.cli:main"
 
 
-def test_six_notebooks_are_paired_and_stripped():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
+def test_seven_notebooks_are_paired_and_stripped():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
     for source in NOTEBOOKS:
         notebook = source.with_suffix(".ipynb")
         assert notebook.is_file(), f"{source.name} has no paired .ipynb"

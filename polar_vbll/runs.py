@@ -86,7 +86,7 @@ class Run:
 
 ARC, OBQA = "arc_easy", "obqa"
 NINE_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
-                "temperature", "laplace")
+                "temperature", "laplace", "tfb")
 OOD_METHODS = ("zero_shot", "mle", "lora_vbll", "polar_vbll", "temperature", "laplace")
 
 
@@ -94,8 +94,8 @@ def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[
     """Every fine-tune the notebooks end with (what ``polar-vbll checkpoints`` trains).
 
     00, 01: mle. 02: mle, polar. 03: polar trained three ways. 04: lora_vbll. 05: zero_shot and
-    the nine methods on ARC-Easy; six of them trained on OpenBookQA and tested out of
-    distribution. Runs that two notebooks share (mle, polar) are one checkpoint.
+    the methods of NINE_METHODS on ARC-Easy; those of OOD_METHODS trained on OpenBookQA and
+    tested out of distribution. Runs that two notebooks share (mle, polar) are one checkpoint.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     runs = [Run(name, ARC, profile, seed) for name in ("zero_shot", *NINE_METHODS)]

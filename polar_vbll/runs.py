@@ -87,7 +87,8 @@ class Run:
 ARC, OBQA = "arc_easy", "obqa"
 NINE_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
                 "temperature", "laplace", "tfb")
-OOD_METHODS = ("zero_shot", "mle", "lora_vbll", "polar_vbll", "temperature", "laplace", "tfb")
+OOD_METHODS = ("zero_shot", "mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout",
+               "ensemble", "temperature", "laplace", "tfb")
 
 
 def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[Run]:

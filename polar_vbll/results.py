@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from polar_vbll import metrics, pretrained
+from polar_vbll import metrics, run_store
+from polar_vbll.runs import COMMITTED_TIER, Run
 from polar_vbll.errors import ConfigError
 
 ID_TASK, OOD_TRAIN_TASK = "arc_easy", "obqa"
@@ -38,7 +39,7 @@ class CommittedRun:
     """One committed fine-tune as recorded: its run, metrics per dataset and what it cost."""
 
     path: Path
-    run: pretrained.Run
+    run: Run
     recorded: dict
 
     @property
@@ -76,12 +77,12 @@ def committed_runs(folder: Path | None = None) -> list[CommittedRun]:
 
     order = {name: i for i, name in enumerate(method_names())}
     runs = []
-    for path in pretrained.committed(folder):
-        recorded = pretrained.read_run(path)
+    for path in run_store.committed(folder):
+        recorded = run_store.read_run(path)
         config = recorded["config"]
-        if config["profile"]["name"] != pretrained.COMMITTED_TIER or config["seed"] != 0:
+        if config["profile"]["name"] != COMMITTED_TIER or config["seed"] != 0:
             continue
-        run = pretrained.Run.from_config(config)
+        run = Run.from_config(config)
         runs.append(CommittedRun(path, run, recorded))
     return sorted(runs, key=lambda r: (order.get(r.run.method, len(order)), r.label))
 

@@ -43,6 +43,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def rounded(value, digits: int = 6):
+    """``value`` (nested lists / dicts) with each float kept to ``digits`` significant digits:
+    training logs (loss per step, singular values) stored at the precision anyone reads them."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    return value
+
+
+def compact_json(value) -> str:
+    """JSON without indentation or spaces (the committed runs' logs are most of their size)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def save_checkpoint(folder: str | Path, tensors: dict[str, dict[str, torch.Tensor]],
                     config: dict, state: dict | None = None) -> Path:
     """Write ``tensors`` (file stem -> {key: tensor}), ``config`` and ``state`` atomically."""
@@ -56,7 +73,7 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, dict[str, torch.Tenso
             save_file({k: v.detach().cpu().contiguous() for k, v in group.items()},
                       str(staging / f"{stem}.safetensors"))
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        (staging / "state.json").write_text(json.dumps(state or {}, indent=1))
+        (staging / "state.json").write_text(compact_json(state or {}))
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -124,13 +124,23 @@ class LaplacePosterior:
         return self
 
     def state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps: the GGN (float64, an exact round trip) and tau."""
-        return {"ggn": self.ggn, "prior_precision": torch.tensor(self.prior_precision,
-                                                                dtype=torch.float64)}
+        """What a checkpoint keeps: the GGN's lower triangle (float64; the Cholesky factor reads
+        only that half, so the round trip is exact) and tau."""
+        rows, columns = torch.tril_indices(*self.ggn.shape)
+        return {"ggn_lower": self.ggn[rows, columns],
+                "prior_precision": torch.tensor(self.prior_precision, dtype=torch.float64)}
 
     def restore(self, state: dict[str, torch.Tensor]) -> "LaplacePosterior":
         """The fitted posterior again, from :meth:`state` (same head weights)."""
-        self.ggn = state["ggn"].double()
+        if "ggn" in state:  # a full matrix, as older checkpoints stored it
+            self.ggn = state["ggn"].double()
+        else:
+            lower = state["ggn_lower"].double()
+            size = int(round(((8 * lower.numel() + 1) ** 0.5 - 1) / 2))
+            ggn = torch.zeros(size, size, dtype=torch.float64)
+            rows, columns = torch.tril_indices(size, size)
+            ggn[rows, columns] = lower
+            self.ggn = ggn + ggn.tril(-1).T
         self.prior_precision = float(state["prior_precision"])
         return self
 

@@ -463,8 +463,8 @@ class Method:
             tensors[f"member{index}_head"] = member["head"]
         if self.laplace is not None:
             tensors["laplace"] = self.laplace.state()
-        state = {"history": self.history, "members": len(self.members),
-                 "rank_history": {str(step): report for step, report in self.rank_history.items()}}
+        state = checkpoints.rounded({"history": self.history, "members": len(self.members), "rank_history":
+                                     {str(step): report for step, report in self.rank_history.items()}})
         return checkpoints.save_checkpoint(folder, tensors, self.config(), state)
 
     @classmethod

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from polar_vbll.checkpoints import atomic_write_text
+from polar_vbll.checkpoints import atomic_write_text, compact_json, rounded
 from polar_vbll.errors import CheckpointError, ConfigError
 from polar_vbll.profiles import Profile, get_profile
 from polar_vbll.runs import Run
@@ -205,8 +205,8 @@ def save(fitted: Fitted, method, folder: Path | None = None, command: str = "") 
               "seconds_per_example": fitted.seconds_per_example,
               "passes": {dataset: {key: record[key] for key in PASS_KEYS if key in record}
                          for dataset, record in fitted.records.items()},
-              "history": fitted.history, "provenance": provenance(command)}
-    atomic_write_text(path / "run.json", json.dumps(record, indent=1))
+              "history": rounded(fitted.history), "provenance": provenance(command)}
+    atomic_write_text(path / "run.json", compact_json(record))
     return path
 
 

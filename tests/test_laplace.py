@@ -152,3 +152,14 @@ def test_laplace_draws_with_a_cpu_generator():
     assert moved.device.type == "cpu" and moved.initial_seed() == 7
     torch.testing.assert_close(torch.randn(3, generator=moved),
                                torch.randn(3, generator=torch.Generator().manual_seed(7)))
+
+
+def test_a_saved_posterior_restores_the_same_predictive():
+    weight, bias, train, val = laplace_problem(seed=2)
+    laplace = LastLayerLaplace(weight, bias).fit(*train, *val, taus=[0.1, 1.0], n_samples=50, seed=0)
+    state = laplace.state()  # the lower triangle only: half the bytes of the full matrix
+    assert state["ggn_lower"].numel() == 18 * 19 // 2
+    again = LastLayerLaplace(weight, bias).restore(state)
+    torch.testing.assert_close(again.ggn, laplace.ggn, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again.posterior_covariance(), laplace.posterior_covariance(),
+                               rtol=0, atol=0)

@@ -1,19 +1,23 @@
-"""Inference time per example: deterministic, VBLL (MC, probit), MC-dropout, ensemble, BLoB.
+"""Inference time per example: deterministic, VBLL (MC, probit), MC-dropout, ensemble, BLoB, TFB.
 
 Every side is a ``polar_vbll.methods.make_method(...)`` and a timed call is
 ``method.predict(test_examples)`` on the same ARC-Easy test questions (the library's own
 prediction path: batching, backbone pass(es), head, softmax). Training does not change the cost
 of prediction, so the methods are used as built (zero-shot start), except the ensemble, which
-needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first.
+needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first, and TFB,
+whose posterior is built from a trained B: B gets small random entries and sigma = 0.05 (the
+cost does not depend on either).
 Sides alternate round-robin in one run. The JSON also gives, per side, the backbone passes
 and the sequences per question of one prediction (the choice form: one sequence per choice;
 with the course profile's feature cache a pass reruns only the top ``adapt_layers`` layers).
-BLoB (and PoLAR-BLoB) draw ``--samples`` adapter weight samples per question, one pass each.
+BLoB (and PoLAR-BLoB) and TFB draw ``--samples`` adapter weight samples per question, one pass
+each.
 
     .venv/bin/python benchmarks/bench_inference.py --repeats 3
 
 Targets (issue): VBLL <= 1.05 x deterministic (same PoLAR backbone) and VBLL >= 8 x faster
-than MC-dropout with 10 passes; BLoB with 10 samples >= 5 x PoLAR-VBLL's time per question.
+than MC-dropout with 10 passes; BLoB and TFB with 10 samples each >= 5 x PoLAR-VBLL's time per
+question.
 """
 
 from __future__ import annotations
@@ -31,10 +35,25 @@ SIDES = {  # name -> (method, options)
     "ensemble": ("ensemble", {}),
     "blob": ("blob", {}),
     "polar_blob": ("polar_blob", {}),
+    "tfb": ("tfb", {}),
 }
 VBLL_OVER_DETERMINISTIC = 1.05
 MC_DROPOUT_OVER_VBLL = 8.0
-BLOB_OVER_VBLL = 5.0
+SAMPLED_ADAPTERS_OVER_VBLL = {"blob": 5.0, "tfb": 5.0}  # side -> least ratio to vbll_mc
+TFB_SCALE = 0.05
+
+
+def _as_trained_tfb(method) -> None:
+    """Give a zero-shot tfb method the posterior a trained one has (random B, a stated sigma)."""
+    import torch
+
+    from polar_vbll import tfb
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for adapter in method.adapters.values():
+            adapter.lora_B.copy_(0.01 * torch.randn(adapter.lora_B.shape, generator=generator))
+    method.tfb = tfb.TFBPosterior(method.adapters, TFB_SCALE)
 
 
 def main() -> None:
@@ -43,7 +62,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=10, help="MC-dropout passes")
     parser.add_argument("--members", type=int, default=3, help="ensemble members")
     parser.add_argument("--samples", type=int, default=10,
-                        help="weight samples of BLoB / PoLAR-BLoB (profile.adapter_samples)")
+                        help="weight samples of BLoB / PoLAR-BLoB / TFB (profile.adapter_samples)")
     parser.add_argument("--ensemble-fit-steps", type=int, default=1)
     parser.add_argument("--sides", default=",".join(SIDES), help=f"subset of {list(SIDES)}")
     args = parser.parse_args()
@@ -65,6 +84,8 @@ def main() -> None:
         if method_name == "ensemble":
             train = data.load_task("arc_easy", "train")[: profile.batch_size]
             method.fit(train)
+        if method_name == "tfb":
+            _as_trained_tfb(method)
         methods[name] = method
         sides[name] = (lambda m=method, n=name: records.__setitem__(n, m.predict(examples)))
 
@@ -99,19 +120,21 @@ def main() -> None:
         value = ratios["mc_dropout_over_vbll_mc"]["ratio_of_medians"]
         checks.append(value >= MC_DROPOUT_OVER_VBLL)
         lines.append(f"MC-dropout-{args.passes} / VBLL (mc): {value:.2f}")
-    if {"vbll_mc", "blob"} <= set(times):
-        ratios["blob_over_vbll_mc"] = _common.ratio(per_example["blob"], per_example["vbll_mc"])
-        value = ratios["blob_over_vbll_mc"]["ratio_of_medians"]
-        checks.append(value >= BLOB_OVER_VBLL)
-        lines.append(f"BLoB-{args.samples} / VBLL (mc): {value:.2f}")
+    for name, least in SAMPLED_ADAPTERS_OVER_VBLL.items():
+        if {"vbll_mc", name} <= set(times):
+            ratios[f"{name}_over_vbll_mc"] = _common.ratio(per_example[name], per_example["vbll_mc"])
+            value = ratios[f"{name}_over_vbll_mc"]["ratio_of_medians"]
+            checks.append(value >= least)
+            lines.append(f"{name}-{args.samples} / VBLL (mc): {value:.2f}")
     lines.append("per question: " + ", ".join(
         f"{n} {r['backbone_passes']} pass(es), {r['sequences_per_question']:.2f} sequences"
         for n, r in records.items()))
     payload = _common.result(
         "inference", device, measurements, ratios,
         target=f"vbll_mc <= {VBLL_OVER_DETERMINISTIC} x deterministic_polar and mc_dropout "
-               f"({args.passes} passes) >= {MC_DROPOUT_OVER_VBLL:g} x vbll_mc and blob "
-               f"({args.samples} samples) >= {BLOB_OVER_VBLL:g} x vbll_mc (ratios of medians)",
+               f"({args.passes} passes) >= {MC_DROPOUT_OVER_VBLL:g} x vbll_mc and blob, tfb "
+               f"({args.samples} samples) >= {SAMPLED_ADAPTERS_OVER_VBLL['blob']:g} x vbll_mc "
+               "(ratios of medians)",
         met=all(checks) if checks else None, profile=profile.name, repeats=args.repeats)
     _common.emit(payload, lines)
 

@@ -88,7 +88,7 @@ def committed_methods(task, names, ood=()):
     return found
 
 
-ARC_METHODS = committed_methods("arc_easy", ["zero_shot", *pretrained.NINE_METHODS])
+ARC_METHODS = committed_methods("arc_easy", ["zero_shot", *pretrained.ARC_METHODS])
 OBQA_METHODS = committed_methods("obqa", pretrained.OOD_METHODS, evaluation.OOD_PROTOCOL)
 LOADED = bool(ARC_METHODS) and bool(OBQA_METHODS)
 run_profile = profile

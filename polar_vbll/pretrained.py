@@ -59,7 +59,7 @@ from polar_vbll.runs import (
     ARC,
     COMMITTED_TIER,
     FORMAT_VERSION,
-    NINE_METHODS,
+    ARC_METHODS,
     OBQA,
     OOD_METHODS,
     Run,
@@ -236,8 +236,8 @@ def _checkpoint_step(path: str | Path | None) -> int:
         return 0
 
 
-__all__ = ["ARC", "CHECK_QUESTIONS", "COMMITTED_TIER", "FOLDER", "FORMAT_VERSION", "Fitted",
-           "LIVE_ENV", "NINE_METHODS", "OBQA", "OOD_METHODS", "PASS_KEYS", "RETRAIN_ENV", "Run",
+__all__ = ["ARC", "ARC_METHODS", "CHECK_QUESTIONS", "COMMITTED_TIER", "FOLDER", "FORMAT_VERSION", "Fitted",
+           "LIVE_ENV", "OBQA", "OOD_METHODS", "PASS_KEYS", "RETRAIN_ENV", "Run",
            "check_predictions", "check_resume_folder", "choose", "committed", "config_differences",
            "course_runs", "difference_from_committed", "evaluation_questions", "find",
            "fit_or_load", "folder_size", "live_requested", "load", "load_and_say", "load_splits",

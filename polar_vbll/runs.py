@@ -85,7 +85,7 @@ class Run:
 # --------------------------------------------------------------------------- the course's runs
 
 ARC, OBQA = "arc_easy", "obqa"
-NINE_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
+ARC_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
                 "temperature", "laplace", "tfb")
 OOD_METHODS = ("zero_shot", "mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout",
                "ensemble", "temperature", "laplace", "tfb")
@@ -95,11 +95,11 @@ def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[
     """Every fine-tune the notebooks end with (what ``polar-vbll checkpoints`` trains).
 
     00, 01: mle. 02: mle, polar. 03: polar trained three ways. 04: lora_vbll. 05: zero_shot and
-    the methods of NINE_METHODS on ARC-Easy; those of OOD_METHODS trained on OpenBookQA and
+    the methods of ARC_METHODS on ARC-Easy; those of OOD_METHODS trained on OpenBookQA and
     tested out of distribution. Runs that two notebooks share (mle, polar) are one checkpoint.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    runs = [Run(name, ARC, profile, seed) for name in ("zero_shot", *NINE_METHODS)]
+    runs = [Run(name, ARC, profile, seed) for name in ("zero_shot", *ARC_METHODS)]
     runs += [Run("polar", ARC, profile, seed, options={"stiefel_method": how})
              for how in ("geoopt", "retraction")]
     runs += [Run(name, OBQA, profile, seed, ood=OOD_PROTOCOL) for name in OOD_METHODS]

@@ -124,3 +124,13 @@ def test_the_walkthrough_benchmark_rejects_bad_arguments_in_one_line(args, messa
     done = subprocess.run([sys.executable, "benchmarks/bench_walkthrough.py", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_inference_benchmark_counts_the_passes_of_each_side():
+    """One round at the smoke profile: what each side's prediction runs (its timing is the
+    benchmark's business, not a test's)."""
+    measured = bench("bench_inference.py", "--profile", "smoke", "--sides", "vbll_mc,tfb",
+                     "--repeats", "1", "--examples", "2", "--samples", "3")["measurements"]
+    assert measured["backbone_passes"] == {"vbll_mc": 1, "tfb": 3}
+    assert measured["sequences_per_question"]["tfb"] == pytest.approx(
+        3 * measured["sequences_per_question"]["vbll_mc"])

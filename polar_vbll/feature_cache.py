@@ -119,7 +119,12 @@ class TopLayers:
         return torch.stack(out)
 
 
-def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, list[int]]]:
+MAX_GROUP_ROWS = 64  # rows per prefix group: each row holds a copy of its group's keys and values
+MAX_CHUNK_ROWS = 256  # rows per chunk of groups run together while caching the lower layers
+
+
+def prefix_groups(rows: list[list[int]], share: bool = True,
+                  max_rows: int = MAX_GROUP_ROWS) -> list[tuple[int, list[int]]]:
     """Rows that begin with the same tokens, as ``[(p, [row indices])]``: every row of a group
     starts with the same ``p`` tokens (``p`` <= its length); a row on its own has ``p`` = its
     length. A question's choice rows share its prompt, so they form one group. With ``share``
@@ -130,7 +135,9 @@ def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, 
     the group before it when that runs fewer token positions in all (``p`` once, plus every row's
     own tokens) than running it on its own: so the rows of one question join, even when two of its
     choices start with the same word, while the next question, which shares only the template,
-    starts a new group.
+    starts a new group. Short questions can share most of their tokens with the template, and
+    then many questions join one group (OpenBookQA's training rows formed groups of thousands): a
+    group stops at ``max_rows`` rows.
     """
     if not share:
         return [(len(row), [i]) for i, row in enumerate(rows)]
@@ -153,7 +160,8 @@ def prefix_groups(rows: list[list[int]], share: bool = True) -> list[tuple[int, 
             p, members = groups[-1]
             q = min(p, common(rows[previous], rows[i]))
             lengths = [len(rows[m]) for m in members]
-            if q and positions(q, lengths + [len(rows[i])]) < positions(p, lengths) + len(rows[i]):
+            if (q and len(members) < max_rows
+                    and positions(q, lengths + [len(rows[i])]) < positions(p, lengths) + len(rows[i])):
                 groups[-1] = (q, members + [i])
                 continue
         groups.append((len(rows[i]), [i]))
@@ -240,7 +248,8 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
     row's own tokens then run right-padded against a copy of them, at positions that continue the
     shared part. Causal attention makes this the same function of the tokens as running every row
     whole; the numbers differ only by float rounding (~1e-4 relative). Groups run sorted by
-    length, so there is little padding.
+    length, so there is little padding, and a chunk holds at most :data:`MAX_CHUNK_ROWS` rows
+    (one group at least), which bounds the memory of the keys and values it copies.
     """
     from tqdm.auto import tqdm
 
@@ -252,9 +261,13 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
         groups = prefix_groups(rows, share_prefixes and _cache_argument(decoder) is not None)
         groups.sort(key=lambda group: group[0])
         tokens = [torch.tensor(row, dtype=torch.long) for row in rows]
-        for start in tqdm(range(0, len(groups), batch_size), desc="caching lower layers",
-                          disable=not progress, leave=False):
-            chunk = groups[start:start + batch_size]
+        chunks = [[]]
+        for group in groups:
+            if chunks[-1] and (len(chunks[-1]) == batch_size or sum(
+                    len(members) for _, members in chunks[-1]) + len(group[1]) > MAX_CHUNK_ROWS):
+                chunks.append([])
+            chunks[-1].append(group)
+        for chunk in tqdm(chunks, desc="caching lower layers", disable=not progress, leave=False):
             inputs = group_tensors(chunk, rows, lambda i, p: tokens[i][:p],
                                    lambda i, p: tokens[i][p:], pad_id)
             shared, own = run_shared_prefixes(

@@ -107,6 +107,24 @@ def test_prefix_groups_share_only_common_beginnings():
     assert sorted(i for _, members in groups for i in members) == list(range(len(rows)))
 
 
+def test_prefix_groups_stop_at_max_rows():
+    rows = [[1, 2, 3, 4, 5, 6, 7, 8, k] for k in range(10)]  # ten rows that share 8 tokens
+    assert [len(members) for _, members in feature_cache.prefix_groups(rows)] == [10]
+    capped = feature_cache.prefix_groups(rows, max_rows=4)
+    assert [len(members) for _, members in capped] == [4, 4, 2]
+    assert all(p == 8 for p, _ in capped)
+
+
+def test_chunks_of_many_rows_give_the_same_states(smollm2, questions, monkeypatch):
+    model, tokenizer = smollm2
+    rows, _ = choice.choice_rows(tokenizer, questions, 160)
+    whole = feature_cache.lower_hidden_states(model, rows, 20, batch_size=4, share_prefixes=False)
+    monkeypatch.setattr(feature_cache, "MAX_CHUNK_ROWS", 3)  # fewer than a question's choices
+    chunked = feature_cache.lower_hidden_states(model, rows, 20, batch_size=4)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)
+
+
 def test_shared_prefixes_give_the_states_of_whole_rows(smollm2, questions):
     model, tokenizer = smollm2
     rows, _ = choice.choice_rows(tokenizer, questions, 160)

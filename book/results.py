@@ -26,6 +26,11 @@
 #   show on 500 questions (labels drawn from the model's own probabilities). An ECE near the floor
 #   is as calibrated as 500 questions can tell; differences between methods smaller than a few
 #   points are within noise. One seed per method: accuracy differences of 1-2 points are too.
+# - **AURC** and **ACC @ 80% cov**: answer the most confident questions first; AURC is the mean
+#   error rate over every coverage (lower is better), ACC @ 80% the accuracy on the 80% most
+#   confident questions (notebook 06).
+# - **mean OOD AUROC**: how well 1 − max probability tells another set's questions from the
+#   training task's test questions (0.5: not at all, 1: perfectly), averaged over the OOD sets.
 # - **stable rank of ΔW**: ‖ΔW‖²_F / ‖ΔW‖²₂ averaged over the adapted matrices (notebook 01):
 #   about 1 means the update collapsed to one direction. Post-hoc methods keep their base's adapters.
 # - **fit s**: seconds to train on a 2-core CPU, the feature cache warm; a post-hoc method adds its

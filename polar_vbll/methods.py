@@ -64,7 +64,6 @@ class MethodSpec:
     head: str = "answer"  # "answer" | "vbll"
     objective: str = "cross_entropy"
     schedule: str = "joint"
-    weight_decay: float = 0.0
     prior_precision: float = 0.0  # MAP's Gaussian prior (TrainConfig.prior_precision)
     dropout: float = 0.0
     members: int = 1  # > 1 only for the ensemble; 0 = as many as the profile's ensemble_members
@@ -74,7 +73,7 @@ class MethodSpec:
 
 
 # map's prior precision tau: N(0, I / tau) on every adapter and head parameter, its log-density
-# scaled by 1 / N (N training questions) like the ELBO's KL; chosen on validation questions
+# scaled by 1 / N (N training questions) like the ELBO's KL; stated, not searched
 MAP_PRIOR_PRECISION = 1.0
 
 METHODS: dict[str, MethodSpec] = {
@@ -145,10 +144,7 @@ class Method:
                                    score_feature=self.profile.score_feature)
         else:
             self.form = LetterForm(self.model, self.tokenizer, self.profile.max_length)
-        self.adapters: dict = {}
-        self.head = None
-        self.trainer: Trainer | None = None
-        self.temperature = 1.0
+        self.adapters, self.head, self.trainer, self.temperature = {}, None, None, 1.0
         self.laplace: LaplacePosterior | None = None
         self.tfb: tfb_lib.TFBPosterior | None = None
         self.members: list[dict] = []  # ensemble: per-member adapter + head tensors
@@ -194,8 +190,7 @@ class Method:
         return TrainConfig(
             steps=p.steps, batch_size=p.batch_size, grad_accumulation=accumulation,
             max_length=p.max_length, learning_rate=rate,
-            head_learning_rate=p.head_learning_rate, weight_decay=s.weight_decay,
-            prior_precision=s.prior_precision, seed=seed,
+            head_learning_rate=p.head_learning_rate, prior_precision=s.prior_precision, seed=seed,
             log_every=p.log_every, objective=s.objective, schedule=s.schedule,
             stiefel_method=self.options["stiefel_method"], posterior_steps=p.posterior_steps)
 

@@ -3,7 +3,8 @@
 Every number that the README or the book states about a committed fine-tune comes from here, so
 it cannot drift from the runs in ``polar_vbll/trained/``. Nothing is trained or re-predicted:
 the metrics, fit times and stable ranks are the ones each run recorded in its ``run.json``, and the
-ECE noise floor and mean confidence are computed from its stored test probabilities.
+ECE noise floor, mean confidence, selective prediction (AURC, accuracy at 80% coverage) and the
+out-of-distribution AUROC are computed from its stored predictions (:mod:`polar_vbll.uncertainty`).
 
     python -m polar_vbll.results                 # print the tables (markdown)
     python -m polar_vbll.results --readme README.md          # rewrite the README's headline table
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polar_vbll import metrics, run_store
+from polar_vbll import metrics, run_store, uncertainty
 from polar_vbll.runs import COMMITTED_TIER, Run
 from polar_vbll.errors import ConfigError
 
@@ -65,10 +66,15 @@ class CommittedRun:
         return statistics.fmean(logged[-1]["stable_rank"].values()) if logged else None
 
     def probabilities(self, dataset: str) -> np.ndarray:
+        return self.prediction(dataset)[0]
+
+    def prediction(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        """The stored test probabilities (N, C) and labels (N,) on ``dataset``."""
         from safetensors.torch import load_file
 
         stored = load_file(str(self.path / "predictions.safetensors"))
-        return stored[f"{dataset}/probs"].double().numpy()
+        return (stored[f"{dataset}/probs"].double().numpy(),
+                stored[f"{dataset}/labels"].numpy())
 
 
 def committed_runs(folder: Path | None = None) -> list[CommittedRun]:
@@ -102,33 +108,41 @@ def _base_rank(run: CommittedRun, runs: list[CommittedRun]) -> float | None:
 
 def method_rows(task: str = ID_TASK, runs: list[CommittedRun] | None = None,
                 noise_draws: int = 400) -> list[dict]:
-    """One row per committed run on ``task``: in-distribution metrics, cost and stable rank."""
+    """One row per committed run on ``task``: in-distribution metrics, selective prediction
+    (AURC, accuracy on the 80% most confident questions), cost and stable rank."""
     runs = runs_of(task, runs)
     rows = []
     for run in runs:
         m = run.metrics(task)
-        probs = run.probabilities(task)
+        probs, labels = run.prediction(task)
         floor = metrics.ece_noise_floor(probs, draws=noise_draws)
         rank = _base_rank(run, runs) if run.post_hoc else run.stable_rank()
         passes = run.recorded.get("passes", {}).get(task, {})
         rows.append({"method": run.label, "fit_s": run.fit_seconds, "post_hoc": run.post_hoc,
                      "accuracy": m["accuracy"], "ece": m["ece"], "ece_floor": floor["mean"],
                      "nll": m["nll"], "brier": m["brier"], "confidence": float(probs.max(1).mean()),
+                     "aurc": uncertainty.aurc(probs, labels),
+                     "accuracy_at_80": uncertainty.accuracy_at_coverage(probs, labels, 0.8),
                      "stable_rank": rank, "passes": passes.get("backbone_passes"),
                      "sequences": passes.get("sequences_per_question"), "n": m["n"]})
     return rows
 
 
 def ood_rows(task: str = OOD_TRAIN_TASK, runs: list[CommittedRun] | None = None) -> list[dict]:
-    """One row per committed run trained on ``task`` and tested on its OOD sets too."""
+    """One row per committed run trained on ``task`` and tested on its OOD sets too, with the
+    AUROC of telling each OOD set from ``task``'s test questions by 1 - max probability."""
     rows = []
     for run in runs_of(task, runs):
         if not run.run.ood:
             continue
         row = {"method": run.label, "in": run.metrics(task)}
         row["ood"] = {name: run.metrics(name) for name in run.run.ood}
+        inside = run.probabilities(task)
+        row["auroc"] = {name: uncertainty.ood_auroc(inside, run.probabilities(name))["max probability"]
+                        for name in run.run.ood}
         for key in ("accuracy", "ece", "nll"):
             row[f"mean_ood_{key}"] = statistics.fmean(m[key] for m in row["ood"].values())
+        row["mean_ood_auroc"] = statistics.fmean(row["auroc"].values())
         rows.append(row)
     return rows
 
@@ -180,14 +194,15 @@ def headline_table(runs: list[CommittedRun] | None = None) -> str:
 
 def method_table(task: str = ID_TASK, runs: list[CommittedRun] | None = None) -> str:
     header = ["method", "fit s", "ACC %", "ECE %", "ECE floor %", "NLL", "Brier", "mean conf",
-              "stable rank of ΔW", "passes / sequences per question"]
+              "AURC", "ACC @ 80% cov %", "stable rank of ΔW", "passes / sequences per question"]
     body = []
     for row in method_rows(task, runs):
         fit = f"{row['fit_s']:.0f}" + (" + base" if row["post_hoc"] else "")
         cost = "-" if row["passes"] is None else f"{row['passes']} / {row['sequences']:.1f}"
         body.append([row["method"], fit, _pct(row["accuracy"]), _pct(row["ece"]),
                      _pct(row["ece_floor"]), _num(row["nll"]), _num(row["brier"]),
-                     _num(row["confidence"], 2), _num(row["stable_rank"], 2), cost])
+                     _num(row["confidence"], 2), _num(row["aurc"]), _pct(row["accuracy_at_80"]),
+                     _num(row["stable_rank"], 2), cost])
     return markdown(header, body)
 
 
@@ -197,13 +212,14 @@ def ood_table(task: str = OOD_TRAIN_TASK, runs: list[CommittedRun] | None = None
         return ""
     sets = list(rows[0]["ood"])
     header = ["method", f"{SHORT_NAMES.get(task, task)} ACC / ECE %", "NLL",
-              *(f"{SHORT_NAMES.get(s, s)} ACC / ECE %" for s in sets), "mean OOD NLL"]
+              *(f"{SHORT_NAMES.get(s, s)} ACC / ECE %" for s in sets), "mean OOD NLL",
+              "mean OOD AUROC"]
     body = []
     for row in rows:
         cells = [row["method"], f"{_pct(row['in']['accuracy'])} / {_pct(row['in']['ece'])}",
                  _num(row["in"]["nll"])]
         cells += [f"{_pct(row['ood'][s]['accuracy'])} / {_pct(row['ood'][s]['ece'])}" for s in sets]
-        body.append(cells + [_num(row["mean_ood_nll"])])
+        body.append(cells + [_num(row["mean_ood_nll"]), _num(row["mean_ood_auroc"])])
     return markdown(header, body)
 
 

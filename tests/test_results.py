@@ -102,6 +102,28 @@ def test_method_rows_recompute_the_recorded_metrics_from_the_stored_probabilitie
             assert summary[key] == pytest.approx(run.metrics("arc_easy")[key], abs=1e-6), (run.label, key)
 
 
+def test_the_uncertainty_columns_equal_independent_computations():
+    from sklearn.metrics import roc_auc_score
+
+    run = results.runs_of("arc_easy")[0]
+    probs, labels = run.prediction("arc_easy")
+    row = results.method_rows("arc_easy", noise_draws=1)[0]
+    order = np.argsort(-probs.max(1), kind="stable")  # most confident first
+    errors = (probs.argmax(1) != labels)[order]
+    risks = np.cumsum(errors) / np.arange(1, len(errors) + 1)
+    assert row["aurc"] == pytest.approx(risks.mean(), abs=1e-12)
+    assert row["accuracy_at_80"] == pytest.approx(1 - risks[int(np.ceil(0.8 * len(errors))) - 1])
+    trained_on_obqa = [r for r in results.runs_of("obqa") if r.run.ood][0]
+    ood = results.ood_rows("obqa")[0]
+    elsewhere = trained_on_obqa.run.ood[0]
+    inside = trained_on_obqa.probabilities("obqa")
+    outside = trained_on_obqa.probabilities(elsewhere)
+    scores = np.concatenate([1 - inside.max(1), 1 - outside.max(1)])  # higher: more likely OOD
+    truth = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
+    assert ood["auroc"][elsewhere] == pytest.approx(roc_auc_score(truth, scores), abs=1e-9)
+    assert ood["mean_ood_auroc"] == pytest.approx(np.mean(list(ood["auroc"].values())))
+
+
 def test_the_stable_ranks_show_the_collapse_the_course_is_about():
     rows = {r["method"]: r for r in results.method_rows("arc_easy", noise_draws=1)}
     assert rows["mle"]["stable_rank"] < 1.1

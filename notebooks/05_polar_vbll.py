@@ -215,12 +215,11 @@ for moment, (_, _, value) in moments.items():
 # | `temperature` | LoRA | $w$ | mle, then one temperature fitted on validation NLL |
 # | `laplace` | LoRA | $w$, then Laplace over $w$ | mle, then a last-layer Laplace posterior |
 # | `tfb` | LoRA, then Gaussian noise on $A$ | $w$ | mle, then the largest noise scale that keeps its own answers' validation NLL within 1%; N sampled passes at test |
+# | `blob` | LoRA with $q(A) = \mathcal N(M, \sigma^2)$ | $w$ | ELBO on the adapters (Bayesian LoRA by backpropagation); N sampled passes at test |
 #
 # `temperature`, `laplace` and `tfb` are post-hoc steps on a fitted `mle`: `compare` hands them the
 # `mle` it has just fitted (same questions, profile and seed, so training again would give the same
-# adapters and $w$), and they add only their own step on the validation questions. (The library also
-# has `blob`, Bayesian LoRA by backpropagation, which samples the adapters during training too; its
-# course runs are not committed yet, so it is not in these tables.)
+# adapters and $w$), and they add only their own step on the validation questions.
 #
 # **Loaded or trained.** Sections 2 and 3 compare every method trained on ARC-Easy and again trained
 # on OpenBookQA, hours of fine-tuning on a CPU at the `course` profile (`make checkpoints` trains
@@ -309,7 +308,8 @@ for name in ("mle", "polar_vbll"):
 # VBLL and Laplace sample only the last layer: one backbone pass per question (one batched pass
 # over its (question, choice) sequences), then a few hundred samples of $w$, each turned into the
 # choices' logits $s_c + w^\top\phi_c$ by dot products with the $\phi_c$ already computed. MC-dropout
-# and TFB run the backbone N times (TFB: once per sampled adapter), an ensemble M times. Each prediction record carries the number of
+# and the adapter posteriors (TFB, BLoB) run it N times (once per sampled adapter), an ensemble M
+# times. Each prediction record carries the number of
 # backbone passes and the measured seconds per question. (In the `smoke` and `course` profiles the backbone
 # pass itself is short: only the adapted top layers run, on the hidden states of the frozen layers
 # below, which the library caches for these questions.)
@@ -430,7 +430,8 @@ print(f"ECE(polar_vbll) / ECE(mle) on ARC-Easy = {interval['value']:.2f}, 90% pa
 # * A Bayesian head should grow less confident on unfamiliar questions: compare each method's
 #   confidence on OpenBookQA with that on the other tasks.
 # * TFB makes `mle` Bayesian without training: noise on the trained adapters, as large as the
-#   validation questions allow. At that scale its numbers stay near `mle`'s, and every prediction
-#   costs one backbone pass per sample.
+#   validation questions allow. At that scale its numbers stay near `mle`'s. BLoB learns its
+#   adapter posterior with an ELBO, like VBLL's head, and calibrates much better than `mle`. Both
+#   pay for it at every prediction: one backbone pass per sample.
 # * At test time the last-layer methods (VBLL, Laplace) need one backbone pass, like the
-#   deterministic ones; MC-dropout, TFB and ensembles multiply it (the `passes` column).
+#   deterministic ones; MC-dropout, TFB, BLoB and ensembles multiply it (the `passes` column).

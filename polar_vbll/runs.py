@@ -86,9 +86,8 @@ class Run:
 
 ARC, OBQA = "arc_easy", "obqa"
 ARC_METHODS = ("mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout", "ensemble",
-                "temperature", "laplace", "tfb")
-OOD_METHODS = ("zero_shot", "mle", "map", "polar", "lora_vbll", "polar_vbll", "mc_dropout",
-               "ensemble", "temperature", "laplace", "tfb")
+               "temperature", "laplace", "tfb", "blob")
+OOD_METHODS = ("zero_shot", *ARC_METHODS)
 
 
 def course_runs(profile: Profile | str = COMMITTED_TIER, seed: int = 0) -> list[Run]:

@@ -203,7 +203,7 @@ def add_results_options(parser, default_methods: str) -> None:
                              "fine-tunes now with evaluation.compare (--repeats seeds)")
     parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--methods", default=default_methods,
-                        help="baseline,candidate methods (as in results.json)")
+                        help="baseline,candidate[,more]: the target compares the first two; bench_calibration scores the rest beside them")
     parser.add_argument("--out", default=None,
                         help="when training now: also write results.json + report.html here "
                              "(seed i goes to OUT/seed<i>)")

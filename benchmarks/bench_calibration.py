@@ -13,6 +13,11 @@ scores the committed cpu-tier checkpoints, optionally on more test questions tha
     .venv/bin/python benchmarks/bench_calibration.py --from-results results/demo/results.json
     .venv/bin/python benchmarks/bench_calibration.py --profile smoke      # trains now (fast)
     .venv/bin/python benchmarks/bench_calibration.py --committed --test-questions all
+    .venv/bin/python benchmarks/bench_calibration.py --committed --test-questions all \
+        --methods mle,polar_vbll,temperature,laplace,blob,tfb --bootstrap 0   # more rows
+
+Methods after the first two in ``--methods`` get rows of their own (same questions, same
+metrics); the ratios and the target compare the first two.
 
 Target (issue): ECE(polar_vbll) <= 0.33 x ECE(mle) at an accuracy at most 1 point lower.
 """
@@ -60,8 +65,9 @@ def main() -> None:
     measurements, ece_ratios, nll_ratios, accuracy_deltas = [], [], [], []
     for index, run in enumerate(runs):
         baseline, candidate = _common.pick_methods(args, run)
+        others = [m.strip() for m in args.methods.split(",")[2:] if m.strip() in run["methods"]]
         row = {"source": sources[index], "profile": run["profile"]["name"], "seed": run.get("seed")}
-        for name in (baseline, candidate):
+        for name in (baseline, candidate, *others):  # the target compares the first two
             summary = run["methods"][name]["metrics"][args.task]
             row[name] = {k: summary[k] for k in ("accuracy", "ece", "nll", "brier") if k in summary}
             records = run["methods"][name].get("records", {}).get(args.task, {})

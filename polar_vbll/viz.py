@@ -30,27 +30,16 @@ from polar_vbll.errors import ConfigError, DataError
 TEMPLATE_NAME = "polar_vbll"
 
 METHOD_COLORS = {
-    "zero_shot": "#7f7f7f",
-    "mle": "#1f77b4",
-    "map": "#17becf",
-    "lora": "#aec7e8",
-    "polar": "#2ca02c",
-    "lora_vbll": "#ff7f0e",
-    "polar_vbll": "#d62728",
-    "mc_dropout": "#9467bd",
-    "ensemble": "#8c564b",
-    "temperature": "#e377c2",
-    "laplace": "#bcbd22",
-    "landing": "#d62728",
-    "retraction": "#1f77b4",
-    "geoopt": "#9467bd",
+    "zero_shot": "#7f7f7f", "mle": "#1f77b4", "map": "#17becf", "lora": "#aec7e8", "polar": "#2ca02c",
+    "lora_vbll": "#ff7f0e", "polar_vbll": "#d62728", "mc_dropout": "#9467bd", "ensemble": "#8c564b",
+    "temperature": "#e377c2", "laplace": "#bcbd22", "tfb": "#6b6ecf", "blob": "#fd8d3c", "polar_blob": "#b5cf6b",
+    "landing": "#d62728", "retraction": "#1f77b4", "geoopt": "#9467bd",  # notebook 03's Stiefel steps
 }
 """Fixed colour per method name, so a method looks the same in every figure."""
 
 FALLBACK_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
 
-GAP_COLOR = "rgba(214, 39, 40, 0.30)"
-DIAGONAL_COLOR = "#555555"
+GAP_COLOR, DIAGONAL_COLOR = "rgba(214, 39, 40, 0.30)", "#555555"
 ORTHOGONALITY_FLOOR = 1e-16
 """Orthogonality errors at or below 0 are drawn at this value (a log axis cannot show 0)."""
 
@@ -500,12 +489,11 @@ def accuracy_vs_ece(rows_by_task) -> go.Figure:
                          opacity=0.3, line_width=0, row=1, col=column)
         for row in rows:
             method = str(row["method"])
-            figure.add_trace(go.Scatter(x=[100 * row["ece"]], y=[100 * row["accuracy"]], mode="markers+text",
-                                        text=[method], textposition="top center", textfont=dict(size=11), name=method,
-                                        showlegend=False,
-                                        marker=dict(size=11, color=method_color(method.split(" ")[0])),
-                                        hovertemplate=f"{method}: ECE %{{x:.1f}}%, ACC %{{y:.1f}}%<extra></extra>"),
-                             row=1, col=column)
+            figure.add_trace(go.Scatter(
+                x=[100 * row["ece"]], y=[100 * row["accuracy"]], mode="markers+text", text=[method],
+                textposition="top center", textfont=dict(size=11), name=method, showlegend=False,
+                marker=dict(size=11, color=method_color(method.split(" ")[0])),
+                hovertemplate=f"{method}: ECE %{{x:.1f}}%, ACC %{{y:.1f}}%<extra></extra>"), row=1, col=column)
         figure.update_xaxes(title_text="ECE (%)", rangemode="tozero", row=1, col=column)
         figure.update_yaxes(title_text="accuracy (%)", row=1, col=column)
     figure.update_layout(height=520)

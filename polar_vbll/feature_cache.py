@@ -261,12 +261,14 @@ def lower_hidden_states(model, rows: list[list[int]], split: int, batch_size: in
         groups = prefix_groups(rows, share_prefixes and _cache_argument(decoder) is not None)
         groups.sort(key=lambda group: group[0])
         tokens = [torch.tensor(row, dtype=torch.long) for row in rows]
-        chunks = [[]]
+        chunks, chunk_rows = [[]], 0
         for group in groups:
-            if chunks[-1] and (len(chunks[-1]) == batch_size or sum(
-                    len(members) for _, members in chunks[-1]) + len(group[1]) > MAX_CHUNK_ROWS):
+            if chunks[-1] and (len(chunks[-1]) == batch_size
+                               or chunk_rows + len(group[1]) > MAX_CHUNK_ROWS):
                 chunks.append([])
+                chunk_rows = 0
             chunks[-1].append(group)
+            chunk_rows += len(group[1])
         for chunk in tqdm(chunks, desc="caching lower layers", disable=not progress, leave=False):
             inputs = group_tensors(chunk, rows, lambda i, p: tokens[i][:p],
                                    lambda i, p: tokens[i][p:], pad_id)

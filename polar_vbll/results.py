@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +71,15 @@ class CommittedRun:
 
     def prediction(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored test probabilities (N, C) and labels (N,) on ``dataset``."""
+        return (self._stored[f"{dataset}/probs"].double().numpy(),
+                self._stored[f"{dataset}/labels"].numpy())
+
+    @cached_property
+    def _stored(self) -> dict:
+        """predictions.safetensors, read once per run (every dataset's records are in it)."""
         from safetensors.torch import load_file
 
-        stored = load_file(str(self.path / "predictions.safetensors"))
-        return (stored[f"{dataset}/probs"].double().numpy(),
-                stored[f"{dataset}/labels"].numpy())
+        return load_file(str(self.path / "predictions.safetensors"))
 
 
 def committed_runs(folder: Path | None = None) -> list[CommittedRun]:

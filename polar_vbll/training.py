@@ -130,6 +130,21 @@ class AnswerHead(nn.Module):
         return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
 
 
+def global_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """Torch's global generator (and ``device``'s, on CUDA) as tensors, for a checkpoint."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`global_rng_state` returned (a CUDA state only on a CUDA device)."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 @contextlib.contextmanager
 def seeded_global_rng(seed: int, device: torch.device):
     """Dropout draws its masks from torch's global generator: fork it and seed it, so the same
@@ -211,6 +226,7 @@ class Trainer:
                 euclidean_params += [p for n, p in adapter.named_parameters()
                                      if p.requires_grad and not n.startswith("base.")]
         self.optimizers = {}
+        self._resume_rng = None  # the global generator's state at a loaded checkpoint
         if euclidean_params:
             self.optimizers["adapter"] = torch.optim.AdamW(
                 euclidean_params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -356,6 +372,9 @@ class Trainer:
         if not examples:
             raise ConfigError("cannot train on an empty list of examples")
         self.form.prepare(examples, progress=progress)
+        if self._resume_rng is not None:  # after load(): where the interrupted run was
+            set_global_rng_state(self._resume_rng, self.device)
+            self._resume_rng = None
         stream = self._batch_stream(examples)
         bar = tqdm(total=config.steps, initial=self.state.step, desc="fine-tuning",
                    disable=not progress or not self.world.is_main, leave=False)
@@ -404,6 +423,7 @@ class Trainer:
             optimizer_tensors.update(values)
             optimizer_plain[name] = plain
         tensors["optimizers"] = optimizer_tensors
+        tensors["rng"] = global_rng_state(self.device)  # dropout masks, BLoB's weight noise
         config = {"train": asdict(self.config), "num_data": self.num_data,
                   "head": type(self.head).__name__, **(extra_config or {})}
         state = {"step": self.state.step, "history": self.state.history,
@@ -442,6 +462,8 @@ class Trainer:
         for name, scheduler in self.schedulers.items():
             if name in state.get("schedulers", {}):
                 scheduler.load_state_dict(state["schedulers"][name])
+        # fit() restores it: methods seed the global generator just before they call fit()
+        self._resume_rng = tensors.get("rng")
         self.state = TrainState(step=int(state.get("step", 0)),
                                 history=list(state.get("history", [])),
                                 rank_history={int(k): v for k, v in

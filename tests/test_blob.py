@@ -238,3 +238,26 @@ def test_cli_help_lists_blob(capsys):
         cli.main(["finetune", "--help"])
     text = capsys.readouterr().out
     assert "blob" in text and "polar_blob" in text
+
+
+def test_an_interrupted_blob_fit_resumes_as_if_never_stopped(splits, tmp_path, monkeypatch):
+    """BLoB draws its weight noise from torch's global generator: a checkpoint keeps that
+    generator's state, so the steps after a resume draw what the uninterrupted run drew."""
+    straight = make_method("blob", profile=SMOKE, progress=False)
+    straight.fit(splits["train"])
+
+    fit = blob.BLoBTrainer.fit
+    monkeypatch.setattr(blob.BLoBTrainer, "fit",  # interrupted after 2 of the 4 steps
+                        lambda self, *args, **kwargs: fit(self, *args, **{**kwargs, "until": 2}))
+    make_method("blob", profile=SMOKE, progress=False).fit(
+        splits["train"], checkpoint_dir=tmp_path / "ckpt", resume=True)
+    monkeypatch.setattr(blob.BLoBTrainer, "fit", fit)
+    resumed = make_method("blob", profile=SMOKE, progress=False)
+    resumed.fit(splits["train"], checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+    assert resumed.trainer.state.step == SMOKE.steps
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    ours = dict(resumed.model.named_parameters())
+    for name, value in straight.model.named_parameters():
+        if value.requires_grad:
+            assert torch.equal(ours[name], value), name

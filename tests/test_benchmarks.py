@@ -109,12 +109,30 @@ def test_the_walkthrough_benchmark_times_the_runs_the_notebooks_mark_live():
         import bench_walkthrough
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    for number, (method, _) in bench_walkthrough.LIVE.items():
+    numbers = sorted(path.name[:2] for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert sorted(bench_walkthrough.LIVE) == numbers  # every notebook, none left out
+    for number, (method, task, ood) in bench_walkthrough.LIVE.items():
         source = bench_walkthrough.notebook_path(number).with_suffix(".py").read_text()
         end = source.find("resume_folder=LIVE_RUNS")
         assert end > 0, f"notebook {number} has no live fine-tune"
         call = source[source.rfind("fit_or_load(", 0, end) - 200:end + 120]
         assert f'"{method}"' in call and "live=" in call, (number, method, call)
+        assert f'"{task}"' in call, (number, task, call)
+        assert ("OOD_PROTOCOL" in call) == ood, (number, call)
+
+
+def test_the_walkthrough_counts_the_flops_of_a_whole_live_fine_tune():
+    """Smoke profile, notebook 06's live run (OBQA and its OOD sets): FLOPs of one step and of the
+    rest of the run, and the T4 estimate made of them."""
+    measured = bench("bench_walkthrough.py", "--profile", "smoke", "--notebooks", "06",
+                     "--parts", "flops")["measurements"]
+    row, steps = measured["notebooks"]["06"], get_profile("smoke").steps
+    assert row["fixed_flops"] > row["flops_per_step"] > 0
+    assert row["live_flops"] == row["fixed_flops"] + (steps - 1) * row["flops_per_step"]
+    assert measured["efficiencies"] == [0.05, 0.2]
+    for efficiency, seconds in row["estimate"].items():
+        assert seconds == pytest.approx(row["live_flops"] / (measured["estimated_peak_flops"]
+                                                             * float(efficiency)))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -43,38 +43,44 @@
 # ## What the walkthrough costs, measured
 #
 # `benchmarks/bench_walkthrough.py` measures, per notebook, its live fine-tune (seconds, seconds per
-# step, peak memory) and the whole notebook executed as on that device with nothing set, in a fresh
-# cache folder (a new runtime), plus the floating-point operations of one training step. The table
-# below is read from its JSON files in `benchmarks/measured/` when the book is built.
+# step, peak memory), the whole notebook with its final fine-tune trained live (as on a GPU with
+# nothing set) or loaded (as on a CPU with nothing set), in a fresh cache folder (a new runtime),
+# and the floating-point operations of the live fine-tune. The tables below are read from its
+# JSON files in `benchmarks/measured/` when the book is built.
 
 # %% tags=["remove-input"]
-import json
 from pathlib import Path
 
 from IPython.display import Markdown, display
 
 import polar_vbll
+from polar_vbll import measured
 
-measured = Path(polar_vbll.__file__).resolve().parents[1] / "benchmarks" / "measured"  # the repository's
-assert measured.is_dir(), f"{measured} not found: build the book from a clone of the repository"
+MEASURED = Path(polar_vbll.__file__).resolve().parents[1] / "benchmarks" / "measured"  # the repository's
+assert MEASURED.is_dir(), f"{MEASURED} not found: build the book from a clone of the repository"
+records = measured.walkthrough_records(MEASURED)
 rows = []
-for path in sorted(measured.glob("walkthrough_*.json")):
-    record = json.loads(path.read_text())
+for record in records:
     profile = record["measurements"]["profile"]
     for number, entry in record["measurements"]["notebooks"].items():
-        live, whole = entry.get("live", {}), entry.get("notebook_run", {})
-        machine = record["machine"]
-        device = machine.get("gpu", machine["device"])
-        device += f" ({machine['cpu_count']} cores)" if machine["device"] == "cpu" else ""
-        rows.append([device, profile, number, live.get("method", "-"),
+        live, whole, loaded = (entry.get(key, {}) for key in ("live", "notebook_run", "loaded_run"))
+        rows.append([measured.device_name(record), profile, number, live.get("method", "-"),
                      f"{live['seconds']:.0f} s ({live['steps']} steps)" if live else "-",
                      f"{live['peak_memory_bytes'] / 2**30:.2f} GiB" if live else "-",
-                     f"{whole['seconds']:.0f} s" if whole else "not run",
-                     f"{entry['flops_per_step'] / 1e9:.1f}" if "flops_per_step" in entry else "-"])
+                     f"{whole['seconds']:.0f} s" if whole else "-",
+                     f"{loaded['seconds']:.0f} s" if loaded else "-",
+                     f"{entry['live_flops'] / 1e12:.1f}" if "live_flops" in entry else "-"])
 header = ["device", "profile", "notebook", "live method", "live fine-tune", "peak memory",
-          "whole notebook", "GFLOP / step"]
+          "notebook, live", "notebook, loaded", "TFLOP, live fine-tune"]
 table = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
 display(Markdown("\n".join(table + ["| " + " | ".join(row) + " |" for row in rows])))
+
+# %% [markdown]
+# The README's table, from the same files: each notebook with its fine-tunes loaded, as measured
+# here, and a Colab T4 estimated (a bracket over the assumed efficiencies, see below).
+
+# %% tags=["remove-input"]
+display(Markdown(measured.time_table(MEASURED)))
 
 # %% [markdown]
 # A live `course` fine-tune trains exactly the configuration that was committed, so on the same
@@ -85,13 +91,14 @@ display(Markdown("\n".join(table + ["| " + " | ".join(row) + " |" for row in row
 from polar_vbll import results
 
 committed = {(r.run.method, r.run.task): r for r in results.committed_runs() if not r.run.options}
-for path in sorted(measured.glob("walkthrough_*.json")):
-    record = json.loads(path.read_text())
+for record in records:
     if record["measurements"]["profile"] != "course":
         continue
     for number, entry in record["measurements"]["notebooks"].items():
-        live = entry["live"]
-        reference = committed[(live["method"], "arc_easy")].metrics("arc_easy")
+        if "live" not in entry:
+            continue
+        live, task = entry["live"], entry["live"].get("task", "arc_easy")
+        reference = committed[(live["method"], task)].metrics(task)
         gaps = {key: abs(live["metrics"][key] - reference[key]) for key in ("accuracy", "ece", "nll")}
         print(f"notebook {number}, {live['method']} on {record['machine']['device']}: |ACC - committed| "
               f"{gaps['accuracy']:.1e}, |ECE - committed| {gaps['ece']:.1e}, |NLL - committed| {gaps['nll']:.1e}")
@@ -99,10 +106,27 @@ for path in sorted(measured.glob("walkthrough_*.json")):
 # %% [markdown]
 # **GPU rows are not measured yet**: the targets are at most 3 minutes a notebook on an H100
 # or H200, and a live GPU fine-tune within 1.5 points of ACC, 2 of ECE and 0.03 of NLL of the
-# committed CPU run (`tests/test_gpu.py` asserts it where a GPU is present). A T4 estimate is
-# seconds = steps × FLOPs per step / (peak × efficiency), with the efficiency a GPU run of the same
-# benchmark measures; the JSON's `estimate` brackets it at assumed efficiencies until then.
+# committed CPU run (`tests/test_gpu.py` asserts it where a GPU is present).
 #
+# **How a T4 is estimated.** The live fine-tune's floating-point operations are counted on this
+# machine by `torch.utils.flop_counter`: one training step's, times the steps, plus everything else
+# the run computes (a one-step run from an empty feature cache: the frozen layers over every train,
+# validation, test and OOD question, and the predictions). Seconds = FLOPs / (peak × efficiency),
+# with the T4's float32 peak (it has no native bfloat16, so the course runs float32 there). The
+# efficiency is assumed, as a bracket, until a GPU run of the same benchmark measures one
+# (`efficiency_measured`); its low end allows for steps of small matrices that wait on kernel
+# launches more than on arithmetic. A whole notebook adds the loaded notebook's seconds measured
+# on 2 CPU cores: the rest of a notebook loads committed runs and evaluates, which a GPU does
+# faster. Colab's install and CUDA start-up are not in it.
+
+# %% tags=["remove-input"]
+for record in records:
+    values = record["measurements"]
+    if "efficiencies" in values:
+        print(f"{record['path']}: T4 peak {values['estimated_peak_flops'] / 1e12:.1f} TFLOP/s, "
+              f"efficiencies {', '.join(f'{e:.0%}' for e in values['efficiencies'])}")
+
+# %% [markdown]
 # ## Past one device
 #
 # The same commands run data parallel under `accelerate launch` or `torchrun`, on GPUs or on CPU

@@ -33,7 +33,7 @@
 # ACC / ECE / NLL / Brier).
 #
 # **Where it runs.** On a CPU the fine-tune is loaded from the committed `course`-profile run and the
-# notebook takes about a minute (2 cores; the VBLL head on frozen features trains here). On a GPU
+# notebook takes about 2 minutes (2 cores; the VBLL head on frozen features trains here). On a GPU
 # (Colab: *Runtime → Change runtime type*) the final fine-tune (`lora_vbll`) trains live, in minutes;
 # `POLAR_VBLL_LIVE=1` trains it on a CPU too (about 5 minutes on 2 cores), `=0` loads it on a GPU.
 

@@ -7,7 +7,7 @@ ECE noise floor, mean confidence, selective prediction (AURC, accuracy at 80% co
 out-of-distribution AUROC are computed from its stored predictions (:mod:`polar_vbll.uncertainty`).
 
     python -m polar_vbll.results                 # print the tables (markdown)
-    python -m polar_vbll.results --readme README.md          # rewrite the README's headline table
+    python -m polar_vbll.results --readme README.md          # rewrite the README's tables
     python -m polar_vbll.results --readme README.md --check  # exit 1 if it differs from the runs
 """
 
@@ -30,7 +30,6 @@ ID_TASK, OOD_TRAIN_TASK = "arc_easy", "obqa"
 # The README's headline table: the zero-shot start, the deterministic fine-tunes, PoLAR-VBLL and the
 # baselines that calibrate after training; methods without a committed run are left out.
 HEADLINE_METHODS = ("zero_shot", "mle", "polar", "polar_vbll", "temperature", "laplace", "blob", "tfb")
-README_START, README_END = "<!-- results:headline -->", "<!-- /results:headline -->"
 SHORT_NAMES = {"arc_challenge": "ARC-C", "arc_easy": "ARC-E", "obqa": "OBQA",
                "mmlu_college_chemistry": "MMLU c-chem", "mmlu_college_physics": "MMLU c-phys",
                "mmlu_high_school_physics": "MMLU hs-phys"}
@@ -231,21 +230,33 @@ def ood_table(task: str = OOD_TRAIN_TASK, runs: list[CommittedRun] | None = None
 # --------------------------------------------------------------------------- the README
 
 
-def readme_block(text: str, path: str = "README.md") -> tuple[int, int]:
-    """Where the generated headline table sits in ``text`` (between the two markers)."""
-    start, end = text.find(README_START), text.find(README_END)
+def readme_block(text: str, path: str = "README.md", name: str = "headline") -> tuple[int, int]:
+    """Where the generated table ``name`` sits in ``text`` (between its two markers)."""
+    opening, closing = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    start, end = text.find(opening), text.find(closing)
     if start < 0 or end < start:
-        raise ConfigError(f"{path}: expected the markers {README_START} ... {README_END} around the "
-                          "headline table")
-    return start + len(README_START), end
+        raise ConfigError(f"{path}: expected the markers {opening} ... {closing} around the "
+                          f"{name} table")
+    return start + len(opening), end
+
+
+def readme_tables(path: Path) -> dict:
+    """The README's generated tables by marker name: the headline from the committed runs, the
+    times from the walkthrough benchmark's JSON in the README's repository."""
+    from polar_vbll import measured
+
+    return {"headline": headline_table,
+            "times": lambda: measured.time_table(path.resolve().parent / "benchmarks" / "measured")}
 
 
 def write_readme(path: str | Path, check: bool = False) -> bool:
-    """Put :func:`headline_table` between the README's markers; True when it changed (or differs)."""
+    """Put each of :func:`readme_tables` between its markers; True when the README changed (or,
+    with ``check``, differs)."""
     path = Path(path)
-    text = path.read_text()
-    start, end = readme_block(text, str(path))
-    updated = text[:start] + "\n" + headline_table() + "\n" + text[end:]
+    text = updated = path.read_text()
+    for name, table in readme_tables(path).items():
+        start, end = readme_block(updated, str(path), name)
+        updated = updated[:start] + "\n" + table() + "\n" + updated[end:]
     if updated != text and not check:
         path.write_text(updated)
     return updated != text
@@ -253,9 +264,11 @@ def write_readme(path: str | Path, check: bool = False) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m polar_vbll.results", description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", help="rewrite this README's headline table (between its markers)")
+    parser.add_argument("--readme", help="rewrite this README's generated tables (between their "
+                                          "markers): the headline and the notebooks' times")
     parser.add_argument("--check", action="store_true",
-                        help="with --readme: change nothing, exit 1 if the table differs from the runs")
+                        help="with --readme: change nothing, exit 1 if a table differs from the "
+                             "runs and measurements")
     args = parser.parse_args(argv)
     if args.readme:
         try:
@@ -264,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         if args.check and differs:
-            print(f"{args.readme}: the headline table differs from the committed runs; run "
+            print(f"{args.readme}: a generated table differs from the committed runs or the "
+                  f"measured benchmarks; run "
                   f"`python -m polar_vbll.results --readme {args.readme}`", file=sys.stderr)
             return 1
-        print(f"{args.readme}: headline table {'checked' if args.check else 'written'}")
+        print(f"{args.readme}: tables {'checked' if args.check else 'written'}")
         return 0
     print(headline_table(), method_table(), ood_table(), sep="\n\n")
     return 0

@@ -1,0 +1,65 @@
+"""The README's and the book's notebook times are the walkthrough benchmark's measurements."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from polar_vbll import measured
+from polar_vbll.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MEASURED = REPO / "benchmarks" / "measured"
+
+
+def test_every_notebook_has_a_measured_cpu_time_and_a_t4_estimate():
+    rows = {row["notebook"]: row for row in measured.time_rows(MEASURED)}
+    notebooks = {path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.py")}
+    assert notebooks <= set(rows), f"not measured: {sorted(notebooks - set(rows))}"
+    for name in notebooks:
+        row = rows[name]
+        assert row["loaded"] > 0 and row["live_flops"] > 0, name
+        for efficiency, seconds in row["live_estimate"].items():
+            # the estimate is the FLOPs over the T4's float32 peak at that efficiency, and a whole
+            # notebook is the loaded notebook measured here plus it
+            assert seconds == pytest.approx(row["live_flops"] / (8.1e12 * float(efficiency)))
+            assert row["notebook_estimate"][efficiency] == pytest.approx(row["loaded"] + seconds)
+
+
+def test_the_table_states_each_row_in_minutes():
+    table = measured.time_table(MEASURED)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(list((REPO / "notebooks").glob("[0-9][0-9]_*.py")))
+    row = measured.time_rows(MEASURED)[0]
+    assert f"| {row['loaded'] / 60:.1f} min |" in lines[2]
+
+
+def test_a_broken_or_missing_measurement_gets_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no walkthrough_"):
+        measured.time_rows(tmp_path)
+    broken = tmp_path / "walkthrough_cpu_course.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="walkthrough_cpu_course.json: not a walkthrough"):
+        measured.time_rows(tmp_path)
+    assert broken.read_text() == "{not json"  # nothing lost
+    broken.unlink()
+    smoke = json.loads((MEASURED / "walkthrough_cpu_smoke.json").read_text())
+    (tmp_path / "walkthrough_cpu_smoke.json").write_text(json.dumps(smoke))
+    with pytest.raises(ConfigError, match="no CPU walkthrough at the course profile"):
+        measured.time_rows(tmp_path)
+
+
+def test_a_gpu_measurement_adds_a_column(tmp_path):
+    for path in MEASURED.glob("walkthrough_*.json"):
+        shutil.copy(path, tmp_path)
+    record = json.loads(next(tmp_path.glob("walkthrough_cpu_course.json")).read_text())
+    record["machine"].update(device="cuda:0", gpu="NVIDIA H100 80GB HBM3")
+    for entry in record["measurements"]["notebooks"].values():
+        entry["notebook_run"] = {"seconds": 90.0}
+    (tmp_path / "walkthrough_cuda_course.json").write_text(json.dumps(record))
+    table = measured.time_table(tmp_path)
+    assert "NVIDIA H100 80GB HBM3, measured" in table.splitlines()[0]
+    assert all(line.endswith("| 1.5 min |") for line in table.splitlines()[2:])

@@ -46,7 +46,9 @@
 # step, peak memory), the whole notebook with its final fine-tune trained live (as on a GPU with
 # nothing set) or loaded (as on a CPU with nothing set), in a fresh cache folder (a new runtime),
 # and the floating-point operations of the live fine-tune. The tables below are read from its
-# JSON files in `benchmarks/measured/` when the book is built.
+# JSON files in `benchmarks/measured/` when the book is built. First the README's table: each
+# notebook with its fine-tunes loaded, as measured on 2 CPU cores, and a Colab T4 estimated (a
+# bracket over the assumed efficiencies; how, below).
 
 # %% tags=["remove-input"]
 from pathlib import Path
@@ -59,28 +61,27 @@ from polar_vbll import measured
 MEASURED = Path(polar_vbll.__file__).resolve().parents[1] / "benchmarks" / "measured"  # the repository's
 assert MEASURED.is_dir(), f"{MEASURED} not found: build the book from a clone of the repository"
 records = measured.walkthrough_records(MEASURED)
+display(Markdown(measured.time_table(MEASURED)))
+
+# %% [markdown]
+# Every measurement in those files, per run of the benchmark (a live fine-tune: its method, seconds
+# and steps; "-": not measured in that run):
+
+# %% tags=["remove-input"]
 rows = []
 for record in records:
-    profile = record["measurements"]["profile"]
     for number, entry in record["measurements"]["notebooks"].items():
         live, whole, loaded = (entry.get(key, {}) for key in ("live", "notebook_run", "loaded_run"))
-        rows.append([measured.device_name(record), profile, number, live.get("method", "-"),
-                     f"{live['seconds']:.0f} s ({live['steps']} steps)" if live else "-",
+        rows.append([f"{measured.device_name(record)}, {record['measurements']['profile']}", number,
+                     f"{live['method']} {live['seconds']:.0f} s ({live['steps']} steps)" if live else "-",
                      f"{live['peak_memory_bytes'] / 2**30:.2f} GiB" if live else "-",
                      f"{whole['seconds']:.0f} s" if whole else "-",
                      f"{loaded['seconds']:.0f} s" if loaded else "-",
                      f"{entry['live_flops'] / 1e12:.1f}" if "live_flops" in entry else "-"])
-header = ["device", "profile", "notebook", "live method", "live fine-tune", "peak memory",
-          "notebook, live", "notebook, loaded", "TFLOP, live fine-tune"]
+header = ["device, profile", "notebook", "live fine-tune", "peak memory", "notebook, live",
+          "notebook, loaded", "TFLOP, live run"]
 table = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
 display(Markdown("\n".join(table + ["| " + " | ".join(row) + " |" for row in rows])))
-
-# %% [markdown]
-# The README's table, from the same files: each notebook with its fine-tunes loaded, as measured
-# here, and a Colab T4 estimated (a bracket over the assumed efficiencies, see below).
-
-# %% tags=["remove-input"]
-display(Markdown(measured.time_table(MEASURED)))
 
 # %% [markdown]
 # A live `course` fine-tune trains exactly the configuration that was committed, so on the same

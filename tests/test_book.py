@@ -80,6 +80,7 @@ def test_the_gpu_page_shows_the_measured_walkthrough(html_dir):
     text = read(html_dir / "generated" / "gpu.html")
     assert "<table" in text and "| --- |" not in text
     assert "323 s (1200 steps)" in text  # benchmarks/measured/walkthrough_cpu_course_01.json
+    assert "T4 (est.): live fine-tune" in text  # the README's table, polar_vbll.measured.time_table
 
 
 def test_references_list_the_course_papers(html_dir):

@@ -19,8 +19,10 @@ the frozen layers' features are computed once, then shared by the later notebook
   live fine-tune (the difference of a 2-step and a 1-step fit on 4 questions) and of everything
   else the live run computes (``fixed_flops``: a 1-step run of the same configuration from an
   empty feature cache: the frozen layers over every train, validation, test and OOD question and
-  the predictions; counted once per task and method). A GPU that is not here is estimated as
-  seconds = (fixed + (steps - 1) x per step) FLOPs / (peak x efficiency); with ``loaded`` also
+  the predictions; counted once per task and method), and the tensor operators of one step. A
+  GPU that is not here is estimated as seconds = fixed FLOPs / (peak x efficiency) + (steps - 1) x
+  max(a step's FLOPs / (peak x efficiency), its operators x ``--operator-seconds``): a step of
+  small matrices waits on launching its operators more than on arithmetic; with ``loaded`` also
   measured, a whole notebook as the loaded notebook's seconds here plus that estimate (on a CPU an
   upper bound for the rest, which a GPU runs faster). ``--peak`` and ``--efficiency`` name the GPU
   and the efficiency; on a GPU the measured efficiency is reported.
@@ -58,6 +60,9 @@ T4_TARGETS = {"live": 300, "notebook": 600}  # seconds (issue 31)
 # dense peak FLOP/s in the precision devices.py gives each (data sheets): for a measured efficiency
 DEVICE_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "T4": 8.1e12}
 T4_FLOAT32_PEAK = 8.1e12  # FLOP/s, NVIDIA's data sheet (the T4 runs float32 here: no bfloat16)
+# host seconds per operator launched by eager PyTorch on a GPU (typical of its dispatcher and the
+# CUDA launch, a few microseconds each, on a slower host such as Colab's): an assumption
+OPERATOR_SECONDS = 10e-6
 
 
 def notebook_path(number: str) -> Path:
@@ -112,10 +117,26 @@ def child_flops(profile_name: str, number: str) -> dict:
     for steps in (1, 1, 2):  # the first fit fills the feature cache, so both counted fits read it
         profile = base.with_overrides(steps=steps, train_examples=len(questions))
         method = make_method(method_name, profile=profile, progress=False)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, OperatorCounter() as operators:
             method.fit(questions, validation)
-        counts[steps] = counter.get_total_flops()
-    return {"flops_per_step": counts[2] - counts[1]}
+        counts[steps] = (counter.get_total_flops(), operators.count)
+    return {"flops_per_step": counts[2][0] - counts[1][0],
+            "operators_per_step": counts[2][1] - counts[1][1]}
+
+
+def OperatorCounter():
+    """A dispatch mode counting the tensor operators run under it (eager PyTorch launches about
+    one GPU kernel for each, from the host, one after the other)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    return Counter()
 
 
 def child_fixed(profile_name: str, number: str) -> dict:
@@ -185,6 +206,9 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--peak", type=float, default=T4_FLOAT32_PEAK,
                         help="FLOP/s of the GPU to estimate (default: a T4 in float32)")
+    parser.add_argument("--operator-seconds", type=float, default=OPERATOR_SECONDS,
+                        help="host time to launch one operator on the GPU estimated (a step "
+                             "takes at least its operators times this)")
     parser.add_argument("--efficiency", type=float, action="append", default=None,
                         help="fraction of --peak a step reaches there (repeatable; default "
                              "0.05 and 0.2 as a bracket, or what this GPU measured)")
@@ -241,7 +265,11 @@ def main() -> None:
             row["live_flops"] = row["fixed_flops"] + (steps - 1) * row["flops_per_step"]
             if device.type == "cuda" and live and own_peak:
                 row["efficiency_measured"] = row["live_flops"] / live["seconds"] / own_peak
-            row["estimate"] = {f"{e:g}": row["live_flops"] / (args.peak * e) for e in efficiencies}
+            # each step takes at least its operators' launches (host-bound small matrices)
+            step_floor = row["operators_per_step"] * args.operator_seconds
+            row["estimate"] = {f"{e:g}": row["fixed_flops"] / (args.peak * e) + (steps - 1)
+                               * max(row["flops_per_step"] / (args.peak * e), step_floor)
+                               for e in efficiencies}
             if "loaded_run" in row:
                 row["notebook_estimate"] = {e: row["loaded_run"]["seconds"] + seconds
                                             for e, seconds in row["estimate"].items()}
@@ -259,10 +287,12 @@ def main() -> None:
         met = max(notebooks) <= 180
     payload = _common.result(
         "walkthrough", device, {"profile": args.profile, "notebooks": rows,
-                                "estimated_peak_flops": args.peak, "efficiencies": efficiencies}, {},
+                                "estimated_peak_flops": args.peak, "efficiencies": efficiencies,
+                                "operator_seconds": args.operator_seconds}, {},
         "on an H100 / H200 every notebook <= 180 s; T4 estimates: live fine-tune <= "
         f"{T4_TARGETS['live']} s, notebook <= {T4_TARGETS['notebook']} s", met,
-        notes="estimate = (fixed_flops + (steps - 1) x flops_per_step) / (peak x efficiency); "
+        notes="estimate = fixed_flops / (peak x efficiency) + (steps - 1) x max(flops_per_step "
+              "/ (peak x efficiency), operators_per_step x operator_seconds); "
               "notebook_estimate = the loaded notebook's seconds here + estimate; the "
               "efficiencies are assumed unless measured on a GPU (efficiency_measured, against "
               "that GPU's peak in DEVICE_PEAKS)")

@@ -110,22 +110,29 @@ for record in records:
 # committed CPU run (`tests/test_gpu.py` asserts it where a GPU is present).
 #
 # **How a T4 is estimated.** The live fine-tune's floating-point operations are counted on this
-# machine by `torch.utils.flop_counter`: one training step's, times the steps, plus everything else
-# the run computes (a one-step run from an empty feature cache: the frozen layers over every train,
-# validation, test and OOD question, and the predictions). Seconds = FLOPs / (peak × efficiency),
-# with the T4's float32 peak (it has no native bfloat16, so the course runs float32 there). The
-# efficiency is assumed, as a bracket, until a GPU run of the same benchmark measures one
-# (`efficiency_measured`); its low end allows for steps of small matrices that wait on kernel
-# launches more than on arithmetic. A whole notebook adds the loaded notebook's seconds measured
-# on 2 CPU cores: the rest of a notebook loads committed runs and evaluates, which a GPU does
-# faster. Colab's install and CUDA start-up are not in it.
+# machine by `torch.utils.flop_counter`: one training step's, and everything else the run computes
+# (a one-step run from an empty feature cache: the frozen layers over every train, validation,
+# test and OOD question, and the predictions). Arithmetic takes FLOPs / (peak × efficiency), with
+# the T4's float32 peak (it has no native bfloat16, so the course runs float32 there) and an
+# efficiency that is assumed, as a bracket, until a GPU run of the same benchmark measures one
+# (`efficiency_measured`). But a step of the course profile is small: 4 questions through 4
+# layers, a few thousand tensor operators, each launched from the host one after the other. So a
+# step also takes at least its operators (counted here) times an assumed host time per launch,
+# and the estimate charges each step the larger of the two. That floor is what keeps the
+# optimistic end of the bracket honest. A whole notebook adds the loaded notebook's seconds
+# measured on 2 CPU cores; the rest of a notebook loads committed runs and evaluates, which a GPU
+# does faster. Colab's install and CUDA start-up are not in it.
 
 # %% tags=["remove-input"]
 for record in records:
     values = record["measurements"]
     if "efficiencies" in values:
+        operators = sorted({e["operators_per_step"] for e in values["notebooks"].values()
+                            if "operators_per_step" in e})
         print(f"{record['path']}: T4 peak {values['estimated_peak_flops'] / 1e12:.1f} TFLOP/s, "
-              f"efficiencies {', '.join(f'{e:.0%}' for e in values['efficiencies'])}")
+              f"efficiencies {', '.join(f'{e:.0%}' for e in values['efficiencies'])}"
+              + (f"; {operators[0]}-{operators[-1]} operators a step at "
+                 f"{values['operator_seconds'] * 1e6:.0f} µs each" if operators else ""))
 
 # %% [markdown]
 # ## Past one device

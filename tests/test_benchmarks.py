@@ -122,17 +122,19 @@ def test_the_walkthrough_benchmark_times_the_runs_the_notebooks_mark_live():
 
 
 def test_the_walkthrough_counts_the_flops_of_a_whole_live_fine_tune():
-    """Smoke profile, notebook 06's live run (OBQA and its OOD sets): FLOPs of one step and of the
-    rest of the run, and the T4 estimate made of them."""
+    """Smoke profile, notebook 06's live run (OBQA and its OOD sets): FLOPs and operators of one
+    step, FLOPs of the rest of the run, and the T4 estimate made of them."""
     measured = bench("bench_walkthrough.py", "--profile", "smoke", "--notebooks", "06",
                      "--parts", "flops")["measurements"]
     row, steps = measured["notebooks"]["06"], get_profile("smoke").steps
     assert row["fixed_flops"] > row["flops_per_step"] > 0
     assert row["live_flops"] == row["fixed_flops"] + (steps - 1) * row["flops_per_step"]
-    assert measured["efficiencies"] == [0.05, 0.2]
+    assert measured["efficiencies"] == [0.05, 0.2] and row["operators_per_step"] > 100
     for efficiency, seconds in row["estimate"].items():
-        assert seconds == pytest.approx(row["live_flops"] / (measured["estimated_peak_flops"]
-                                                             * float(efficiency)))
+        rate = measured["estimated_peak_flops"] * float(efficiency)
+        step = max(row["flops_per_step"] / rate,
+                   row["operators_per_step"] * measured["operator_seconds"])
+        assert seconds == pytest.approx(row["fixed_flops"] / rate + (steps - 1) * step)
 
 
 @pytest.mark.parametrize("args, message", [

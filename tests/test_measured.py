@@ -10,6 +10,7 @@ import pytest
 
 from polar_vbll import measured
 from polar_vbll.errors import ConfigError
+from polar_vbll.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURED = REPO / "benchmarks" / "measured"
@@ -23,10 +24,20 @@ def test_every_notebook_has_a_measured_cpu_time_and_a_t4_estimate():
         row = rows[name]
         assert row["loaded"] > 0 and row["live_flops"] > 0, name
         for efficiency, seconds in row["live_estimate"].items():
-            # the estimate is the FLOPs over the T4's float32 peak at that efficiency, and a whole
-            # notebook is the loaded notebook measured here plus it
-            assert seconds == pytest.approx(row["live_flops"] / (8.1e12 * float(efficiency)))
+            # a whole notebook is the loaded notebook measured here plus the live estimate
             assert row["notebook_estimate"][efficiency] == pytest.approx(row["loaded"] + seconds)
+
+
+def test_the_t4_estimate_is_the_stated_formula_of_the_counted_flops_and_operators():
+    record = json.loads((MEASURED / "walkthrough_cpu_course.json").read_text())["measurements"]
+    steps = get_profile(record["profile"]).steps
+    for entry in record["notebooks"].values():
+        assert entry["live_flops"] == entry["fixed_flops"] + (steps - 1) * entry["flops_per_step"]
+        for efficiency, seconds in entry["estimate"].items():
+            rate = record["estimated_peak_flops"] * float(efficiency)
+            step = max(entry["flops_per_step"] / rate,
+                       entry["operators_per_step"] * record["operator_seconds"])
+            assert seconds == pytest.approx(entry["fixed_flops"] / rate + (steps - 1) * step)
 
 
 def test_the_table_states_each_row_in_minutes():

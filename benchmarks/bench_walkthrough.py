@@ -59,7 +59,7 @@ PARTS = ("live", "notebook", "loaded", "flops")
 T4_TARGETS = {"live": 300, "notebook": 600}  # seconds (issue 31)
 # dense peak FLOP/s in the precision devices.py gives each (data sheets): for a measured efficiency
 DEVICE_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "T4": 8.1e12}
-T4_FLOAT32_PEAK = 8.1e12  # FLOP/s, NVIDIA's data sheet (the T4 runs float32 here: no bfloat16)
+T4_FLOAT32_PEAK = DEVICE_PEAKS["T4"]  # the T4 runs float32 here: it has no native bfloat16
 # host seconds per operator launched by eager PyTorch on a GPU (typical of its dispatcher and the
 # CUDA launch, a few microseconds each, on a slower host such as Colab's): an assumption
 OPERATOR_SECONDS = 10e-6

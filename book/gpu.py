@@ -56,7 +56,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 import polar_vbll
-from polar_vbll import measured
+from polar_vbll import measured, results
 
 MEASURED = Path(polar_vbll.__file__).resolve().parents[1] / "benchmarks" / "measured"  # the repository's
 assert MEASURED.is_dir(), f"{MEASURED} not found: build the book from a clone of the repository"
@@ -80,8 +80,7 @@ for record in records:
                      f"{entry['live_flops'] / 1e12:.1f}" if "live_flops" in entry else "-"])
 header = ["device, profile", "notebook", "live fine-tune", "peak memory", "notebook, live",
           "notebook, loaded", "TFLOP, live run"]
-table = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-display(Markdown("\n".join(table + ["| " + " | ".join(row) + " |" for row in rows])))
+display(Markdown(results.markdown(header, rows)))
 
 # %% [markdown]
 # A live `course` fine-tune trains exactly the configuration that was committed, so on the same
@@ -89,8 +88,6 @@ display(Markdown("\n".join(table + ["| " + " | ".join(row) + " |" for row in row
 # is from its committed run:
 
 # %% tags=["remove-input"]
-from polar_vbll import results
-
 committed = {(r.run.method, r.run.task): r for r in results.committed_runs() if not r.run.options}
 for record in records:
     if record["measurements"]["profile"] != "course":

@@ -115,6 +115,29 @@ def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: in
     return times
 
 
+def operator_counter(host_tensors=()):
+    """A dispatch mode that counts what runs under it: ``count``, the tensor operators (eager
+    PyTorch launches about one GPU kernel for each, from the host, one after the other), and
+    ``host_reads``, the reads of a tensor's value by the host (``.item()``, ``if tensor:``; on
+    a GPU each one waits until the device has finished). Reads of ``host_tensors`` are not
+    counted: tensors that stay on the CPU on every device, like Adam's step counters."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    skipped = {id(tensor) for tensor in host_tensors}
+
+    class Counter(TorchDispatchMode):
+        count = 0
+        host_reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            if func.overloadpacket is torch.ops.aten._local_scalar_dense and id(args[0]) not in skipped:
+                self.host_reads += 1
+            return func(*args, **(kwargs or {}))
+
+    return Counter()
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     values = sorted(values)
     if len(values) == 1:

@@ -7,7 +7,8 @@ of prediction, so the methods are used as built (zero-shot start), except the en
 needs its members: it is fitted for ``--ensemble-fit-steps`` steps per member first, and TFB,
 whose posterior is built from a trained B: B gets small random entries and sigma = 0.05 (the
 cost does not depend on either).
-Sides alternate round-robin in one run. The JSON also gives, per side, the backbone passes
+Sides alternate round-robin in one run, and each counts the tensor operators and host reads of
+one more call (eager PyTorch launches about one GPU kernel per operator). The JSON also gives, per side, the backbone passes
 and the sequences per question of one prediction (the choice form: one sequence per choice;
 with the course profile's feature cache a pass reruns only the top ``adapt_layers`` layers).
 BLoB (and PoLAR-BLoB) and TFB draw ``--samples`` adapter weight samples per question, one pass
@@ -90,6 +91,11 @@ def main() -> None:
         sides[name] = (lambda m=method, n=name: records.__setitem__(n, m.predict(examples)))
 
     times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
+    launches = {}
+    for name, method in methods.items():
+        with _common.operator_counter() as counter:
+            method.predict(examples)
+        launches[name] = {"operators": counter.count, "host_reads": counter.host_reads}
     per_example = {name: [t / len(examples) for t in v] for name, v in times.items()}
     measurements = {
         "examples_per_call": len(examples), "eval_batch_size": profile.eval_batch_size,
@@ -102,7 +108,11 @@ def main() -> None:
         # adapt_layers only the top layers rerun, the lower ones are cached)
         "backbone_passes": {n: r["backbone_passes"] for n, r in records.items()},
         "sequences_per_question": {n: r["sequences_per_question"] for n, r in records.items()},
-        "seconds_per_example": {name: _common.summary(v) for name, v in per_example.items()}}
+        "seconds_per_example": {name: _common.summary(v) for name, v in per_example.items()},
+        # a GPU call this small waits on its kernel launches and host reads more than on its
+        # arithmetic: where the time ratio there is far from the operator ratio, it does not
+        "operators_per_call": {n: c["operators"] for n, c in launches.items()},
+        "host_reads_per_call": {n: c["host_reads"] for n, c in launches.items()}}
     reference = "deterministic_polar" if "deterministic_polar" in times else next(iter(times))
     ratios = {f"{name}_over_{reference}": _common.ratio(v, per_example[reference])
               for name, v in per_example.items() if name != reference}
@@ -126,6 +136,9 @@ def main() -> None:
             value = ratios[f"{name}_over_vbll_mc"]["ratio_of_medians"]
             checks.append(value >= least)
             lines.append(f"{name}-{args.samples} / VBLL (mc): {value:.2f}")
+    lines.append("per call: " + ", ".join(
+        f"{n} {c['operators']} operators ({c['operators'] / launches[reference]['operators']:.2f}x), "
+        f"{c['host_reads']} host reads" for n, c in launches.items()))
     lines.append("per question: " + ", ".join(
         f"{n} {r['backbone_passes']} pass(es), {r['sequences_per_question']:.2f} sequences"
         for n, r in records.items()))

@@ -8,6 +8,10 @@ every side sees the same tensor shape. Sides alternate round-robin in one run.
 
     .venv/bin/python benchmarks/bench_train_step.py --repeats 8
 
+Each side also counts the tensor operators and host reads of one step (Adam's multi-tensor path,
+as on CUDA): on a GPU a step of this size waits on its kernel launches, so the operator ratio
+is what the time ratio there follows.
+
 Target (issue): PoLAR + landing step <= 1.10 x the LoRA step.
 """
 
@@ -42,6 +46,23 @@ def fixed_length_batch(tokenizer, task: str, batch: int, tokens: int):
             if len(chosen) == batch:
                 return chosen
     raise SystemExit(f"fewer than {batch} {task} prompts reach {tokens} tokens; choose --task")
+
+
+def step_launches(trainer, examples) -> dict:
+    """Operators and host reads of one more step, with Adam's multi-tensor (``foreach``) path
+    as CUDA runs it, also on a CPU: on a GPU a step this small is bound by its launches, so
+    their ratio predicts the ratio of step times there."""
+    groups = [group for optimizer in trainer.optimizers.values() for group in optimizer.param_groups]
+    before = [group.get("foreach") for group in groups]
+    for group in groups:
+        group["foreach"] = True
+    counters = [state["step"] for optimizer in trainer.optimizers.values()
+                for state in optimizer.state.values() if "step" in state]
+    with _common.operator_counter(host_tensors=counters) as counter:
+        trainer.train_step([examples])
+    for group, value in zip(groups, before):
+        group["foreach"] = value
+    return {"operators": counter.count, "host_reads": counter.host_reads}
 
 
 def main() -> None:
@@ -83,12 +104,15 @@ def main() -> None:
     del base
 
     times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
+    launches = {name: step_launches(trainer, examples) for name, trainer in trainers.items()}
     measurements = {"batch_shape": list(shape), "rank": args.rank, "target_modules": ["q_proj", "v_proj"],
                     "seconds_per_step": {name: _common.summary(v) for name, v in times.items()},
                     "trainable_parameters": {
                         name: sum(p.numel() for o in t.optimizers.values()
                                   for g in o.param_groups for p in g["params"])
-                        for name, t in trainers.items()}}
+                        for name, t in trainers.items()},
+                    "operators_per_step": {name: c["operators"] for name, c in launches.items()},
+                    "host_reads_per_step": {name: c["host_reads"] for name, c in launches.items()}}
     reference = "lora" if "lora" in times else next(iter(times))
     ratios = {f"{name}_over_{reference}": _common.ratio(v, times[reference])
               for name, v in times.items() if name != reference}
@@ -96,6 +120,9 @@ def main() -> None:
     lines = [f"training step, SmolLM2-135M, batch {shape[0]} x {shape[1]} tokens, rank "
              f"{args.rank} on q_proj, v_proj (profile {profile.name} learning rates)"]
     lines += _common.time_table(times, reference, unit="s", scale=1.0)
+    lines += [f"{name}: {c['operators']} operators, {c['host_reads']} host reads a step "
+              f"({c['operators'] / launches[reference]['operators']:.2f}x {reference})"
+              for name, c in launches.items()]
     if "polar_landing_over_lora" in ratios:
         value = ratios["polar_landing_over_lora"]["ratio_of_medians"]
         met = bool(value <= TARGET)

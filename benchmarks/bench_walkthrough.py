@@ -117,26 +117,11 @@ def child_flops(profile_name: str, number: str) -> dict:
     for steps in (1, 1, 2):  # the first fit fills the feature cache, so both counted fits read it
         profile = base.with_overrides(steps=steps, train_examples=len(questions))
         method = make_method(method_name, profile=profile, progress=False)
-        with FlopCounterMode(display=False) as counter, OperatorCounter() as operators:
+        with FlopCounterMode(display=False) as counter, _common.operator_counter() as operators:
             method.fit(questions, validation)
         counts[steps] = (counter.get_total_flops(), operators.count)
     return {"flops_per_step": counts[2][0] - counts[1][0],
             "operators_per_step": counts[2][1] - counts[1][1]}
-
-
-def OperatorCounter():
-    """A dispatch mode counting the tensor operators run under it (eager PyTorch launches about
-    one GPU kernel for each, from the host, one after the other)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += 1
-            return func(*args, **(kwargs or {}))
-
-    return Counter()
 
 
 def child_fixed(profile_name: str, number: str) -> dict:

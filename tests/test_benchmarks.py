@@ -154,3 +154,5 @@ def test_inference_benchmark_counts_the_passes_of_each_side():
     assert measured["backbone_passes"] == {"vbll_mc": 1, "tfb": 3}
     assert measured["sequences_per_question"]["tfb"] == pytest.approx(
         3 * measured["sequences_per_question"]["vbll_mc"])
+    # three backbone passes launch about three times the operators of one
+    assert measured["operators_per_call"]["tfb"] > 2.5 * measured["operators_per_call"]["vbll_mc"]

@@ -9,6 +9,7 @@ import torch
 from polar_vbll.errors import ConfigError, ShapeError
 from polar_vbll.linalg import orthogonality_error
 from polar_vbll.stiefel import (
+    LandingAdam,
     landing_field,
     make_stiefel_optimizer,
     project_tangent,
@@ -252,3 +253,84 @@ def test_make_stiefel_optimizer_rejects_bad_inputs():
         make_stiefel_optimizer([X], method="retraction", retraction="exp")
     with pytest.raises(ConfigError, match="landing_lambda"):
         make_stiefel_optimizer([X], method="landing", landing_lambda=0.0)
+
+
+def _distance(X):
+    """||X^T X - I||_F of a tall or wide X, the largest over a batch."""
+    return orthogonality_error(X if X.shape[-2] >= X.shape[-1] else X.mT).max()
+
+
+def _landing_adam_one_matrix_at_a_time(params, lr, radius):
+    """The landing step written per matrix (no stacking): Adam on each matrix's own landing
+    field, then each step halved until it ends within ``radius`` of the manifold."""
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    adam = torch.optim.Adam(twins, lr=lr)
+
+    def step(grads):
+        before = [t.detach().clone() for t in twins]
+        for twin, grad in zip(twins, grads):
+            twin.grad = None if grad is None else landing_field(twin.detach(), grad)
+        adam.step()
+        with torch.no_grad():
+            for twin, old in zip(twins, before):
+                change = twin - old
+                while _distance(old + change) > radius:
+                    change = change / 2
+                twin.copy_(old + change)
+
+    return twins, step
+
+
+@pytest.mark.parametrize("lr", [1e-2, 3.0])  # 3.0: some steps leave the radius and are halved
+def test_landing_adam_stacks_matrices_of_one_shape_and_matches_one_at_a_time(lr):
+    """LandingAdam stacks the matrices of one shape; tall, wide, batched and gradient-free
+    matrices together give what the per-matrix step gives, the safe step included."""
+    params = [torch.nn.Parameter(random_stiefel(12, 3, seed=s)) for s in range(3)]
+    params += [torch.nn.Parameter(random_stiefel(7, 3, seed=s).T.clone()) for s in (3, 4)]  # wide
+    params += [torch.nn.Parameter(random_stiefel(9, 2, seed=5, batch=(2,)))]
+    params += [torch.nn.Parameter(random_stiefel(12, 3, seed=6))]  # gets no gradient
+    twins, twin_step = _landing_adam_one_matrix_at_a_time(params, lr, radius=0.5)
+    optimizer = make_stiefel_optimizer(params, method="landing", lr=lr, safe_distance=0.5)
+    halved = 0
+    for step in range(4):
+        grads = [random_matrix(*p.shape, seed=100 * step + i) for i, p in enumerate(params)]
+        grads[-1] = None
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        optimizer.step()
+        twin_step(grads)
+        for param, twin in zip(params, twins):
+            torch.testing.assert_close(param.detach(), twin.detach(), atol=1e-10, rtol=0)
+        halved += sum(_distance(p.detach()).item() > 0.4 for p in params)
+    assert torch.equal(params[-1].detach(), random_stiefel(12, 3, seed=6))
+    assert all(_distance(p.detach()) <= 0.5 for p in params)
+    if lr > 1:
+        assert halved, "the large learning rate should push some steps to the radius"
+
+
+def test_a_landing_step_reads_the_device_once_however_many_matrices():
+    """The step stacks the matrices of one shape and decides the safe step for all of them
+    with one host read (on a GPU each read waits for the device): 1 matrix or 40, the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self, skipped):
+            super().__init__()
+            self.skipped, self.reads = {id(t) for t in skipped}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten._local_scalar_dense:
+                self.reads += id(args[0]) not in self.skipped
+            return func(*args, **(kwargs or {}))
+
+    for count in (1, 40):
+        params = [torch.nn.Parameter(random_stiefel(20 + 5 * (i % 2), 4, seed=i)) for i in range(count)]
+        optimizer = LandingAdam(params, lr=1e-3, foreach=True)  # Adam's path on CUDA
+        for step in range(2):
+            for i, param in enumerate(params):
+                param.grad = random_matrix(*param.shape, seed=100 * step + i)
+            # Adam's step counters stay on the CPU on a GPU too: reading them waits for nothing
+            counters = [state["step"] for state in optimizer.state.values()]
+            with HostReads(counters) as counter:
+                optimizer.step()
+        assert counter.reads == 1, count

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from polar_vbll import measured
+from polar_vbll import measured, run_store
 from polar_vbll.errors import ConfigError
 from polar_vbll.profiles import get_profile
 
@@ -74,3 +76,58 @@ def test_a_gpu_measurement_adds_a_column(tmp_path):
     table = measured.time_table(tmp_path)
     assert "NVIDIA H100 80GB HBM3, measured" in table.splitlines()[0]
     assert all(line.endswith("| 1.5 min |") for line in table.splitlines()[2:])
+
+
+# "the notebook takes about 2 minutes" / "takes under a minute": the whole notebook, runs loaded
+NOTEBOOK_CLAIM = re.compile(r"takes (?:about (\d+(?:\.\d+)?) minutes|(under a minute))")
+# "(about 5 minutes on 2 cores)", "about 5 minutes each on 2 CPU cores": one course fine-tune
+FINE_TUNE_CLAIM = re.compile(r"(?<!takes )about (\d+(?:\.\d+)?) minutes(?: each)? on 2 (?:CPU )?cores")
+
+
+def _prose(number: str) -> str:
+    """The markdown of notebook ``number`` (its .py source's comment lines), one line."""
+    path = next((REPO / "notebooks").glob(f"{number}_*.py"))
+    lines = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    return " ".join(lines)
+
+
+def _agrees(minutes: float | None, seconds: float) -> bool:
+    """"about N minutes" holds within max(0.5, N / 4) minutes; None stands for "under a minute"."""
+    if minutes is None:
+        return seconds < 60
+    return abs(seconds / 60 - minutes) <= max(0.5, minutes / 4)
+
+
+def test_the_times_the_notebooks_state_are_the_measured_ones():
+    """Each notebook's stated time is the walkthrough's measurement of it with its runs loaded
+    (2 cores), and its stated CPU fine-tune time is the committed run's fit of the
+    configuration it trains live (the ones it retrains take as long: the same profile)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_walkthrough
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    loaded = {row["notebook"][:2]: row["loaded"] for row in measured.time_rows(MEASURED)}
+    course = get_profile("course")
+    for number in sorted(bench_walkthrough.LIVE):
+        prose = _prose(number)
+        claims = NOTEBOOK_CLAIM.findall(prose)
+        assert len(claims) == 1, f"notebook {number} states its time {len(claims)} times: {claims}"
+        minutes = None if claims[0][1] else float(claims[0][0])
+        assert _agrees(minutes, loaded[number]), (
+            f"notebook {number} says it takes {claims[0][0] or 'under a'} minute(s); measured "
+            f"{loaded[number]:.0f} s (benchmarks/measured/walkthrough_cpu_course.json)")
+        path, reasons = run_store.find(bench_walkthrough.live_run(course, number))
+        assert path is not None, reasons
+        fit = json.loads((path / "run.json").read_text())["fit_seconds"]
+        for stated in FINE_TUNE_CLAIM.findall(prose):
+            assert _agrees(float(stated), fit), (
+                f"notebook {number} says a course fine-tune takes about {stated} minutes on 2 "
+                f"cores; the committed {path.name} took {fit:.0f} s")
+
+
+@pytest.mark.parametrize("minutes, seconds, holds", [
+    (None, 59, True), (None, 61, False), (2, 110, True), (1.5, 135, False), (5, 363, True),
+    (5, 400, False), (2, 95, True), (2, 85, False)])
+def test_about_n_minutes_allows_a_quarter_and_at_least_half_a_minute(minutes, seconds, holds):
+    assert _agrees(minutes, seconds) is holds

@@ -19,7 +19,8 @@ there (``--target``, nothing of the image replaced), and runs, each stage under 
 limit and in this order of importance: ``pytest tests/test_gpu.py`` (the precision policy, the
 attention fix, every method on CUDA, a live course fine-tune against its committed CPU run), the
 walkthrough benchmark of notebook 01 (live fine-tune, whole notebook, FLOPs: the measured
-efficiency a T4 estimate needs), then whole notebooks 05 and 06 as on a GPU with nothing set.
+efficiency a T4 estimate needs), whole notebooks 05 and 06 as on a GPU with nothing set, then
+the training-step and inference benchmarks (time ratios next to operator ratios).
 Logs and JSON land in ``$OUT``; a stage that fails or runs out of time is recorded and the next
 one still runs.
 """
@@ -72,6 +73,11 @@ STAGES = [
                                          "--notebooks", "01", "--parts", "live,notebook,flops"]),
     ("walkthrough_cuda_course_05_06", 200, ["benchmarks/bench_walkthrough.py", "--profile",
                                             "course", "--notebooks", "05,06", "--parts", "notebook"]),
+    # the landing step after stacking: its time ratio against LoRA next to its operator ratio
+    ("train_step_cuda", 90, ["benchmarks/bench_train_step.py", "--repeats", "5",
+                             "--sides", "lora,polar_landing"]),
+    ("inference_cuda", 90, ["benchmarks/bench_inference.py", "--repeats", "3", "--sides",
+                            "deterministic_polar,vbll_mc,mc_dropout"]),
 ]
 
 
@@ -197,7 +203,7 @@ def run(args) -> None:
             try:
                 stdout, _ = child.communicate(timeout=limit)
                 code = child.returncode
-                if name.startswith("walkthrough"):
+                if command[0].startswith("benchmarks/"):  # a benchmark prints its JSON
                     (out / f"{name}.json").write_text(stdout)
                 else:
                     handle.write(stdout)

@@ -34,7 +34,7 @@
 # comparison of the methods, in and out of distribution).
 #
 # **Where it runs.** On a CPU every fine-tune is loaded from the committed `course`-profile runs;
-# the notebook recomputes features for 700 questions (section 3) and takes about 2 minutes on
+# the notebook recomputes features for 700 questions (section 3) and takes about 2.5 minutes on
 # 2 cores after the earlier notebooks (longer in a fresh runtime, which first converts the
 # backbone and fills the feature cache). On a GPU (Colab: *Runtime → Change runtime type*) its
 # final fine-tune (`polar_vbll` on OpenBookQA) trains live at the same `course` profile; `POLAR_VBLL_LIVE=1` trains it on a CPU

@@ -145,3 +145,20 @@ def tiny_backbone():
     from polar_vbll import models
 
     return models.load_backbone(models.TINY, device="cpu")
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+@pytest.fixture(scope="session")
+def bench_walkthrough():
+    """``benchmarks/bench_walkthrough.py`` as a module: its table of the notebooks' live runs."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("bench_walkthrough")
+    finally:
+        sys.path.remove(folder)

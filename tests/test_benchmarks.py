@@ -102,13 +102,8 @@ def test_shared_prompt_benchmark_compares_like_with_like():
     assert result["ratios"]["K=2 whole_over_shared"]["ratio_of_medians"] > 0
 
 
-def test_the_walkthrough_benchmark_times_the_runs_the_notebooks_mark_live():
+def test_the_walkthrough_benchmark_times_the_runs_the_notebooks_mark_live(bench_walkthrough):
     """bench_walkthrough.LIVE names, per notebook, the run its live=True fit_or_load trains."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_walkthrough
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     numbers = sorted(path.name[:2] for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
     assert sorted(bench_walkthrough.LIVE) == numbers  # every notebook, none left out
     for number, (method, task, ood) in bench_walkthrough.LIVE.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -98,15 +97,10 @@ def _agrees(minutes: float | None, seconds: float) -> bool:
     return abs(seconds / 60 - minutes) <= max(0.5, minutes / 4)
 
 
-def test_the_times_the_notebooks_state_are_the_measured_ones():
+def test_the_times_the_notebooks_state_are_the_measured_ones(bench_walkthrough):
     """Each notebook's stated time is the walkthrough's measurement of it with its runs loaded
     (2 cores), and its stated CPU fine-tune time is the committed run's fit of the
     configuration it trains live (the ones it retrains take as long: the same profile)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_walkthrough
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
     loaded = {row["notebook"][:2]: row["loaded"] for row in measured.time_rows(MEASURED)}
     course = get_profile("course")
     for number in sorted(bench_walkthrough.LIVE):

@@ -7,7 +7,7 @@ hold the per-question probabilities, a paired bootstrap over test questions (sam
 both methods) gives the spread of the ECE ratio, and each method's *ECE noise floor* (the ECE a
 perfectly calibrated model with its confidences would show on as many questions,
 ``metrics.ece_noise_floor``) says how small an ECE the test set can resolve. ``--committed``
-scores the committed cpu-tier checkpoints, optionally on more test questions than they recorded
+scores the committed course-tier checkpoints, optionally on more test questions than they recorded
 (``--test-questions all``: the whole split; nothing is trained).
 
     .venv/bin/python benchmarks/bench_calibration.py --from-results results/demo/results.json

@@ -10,10 +10,10 @@ with ``--steps`` steps) started fresh every round:
 Both use the machine's cores the same way (``--threads`` = the cores, default 2). The time of a
 side is the median step time after the first (warm-up) step, so loading the model and the
 feature cache are not counted; throughput = B / step time. Sides alternate round-robin, the
-claim is the ratio of throughputs (2 processes / 1). Two settings by default: the cpu tier's
+claim is the ratio of throughputs (2 processes / 1). Two settings by default: the course profile's
 (adapters in the top ``adapt_layers`` layers over cached lower layers: little compute per step,
-so the all-reduce and process overheads show) and full depth (``adapt_layers=None``, the gpu
-tier's).
+so the all-reduce and process overheads show) and full depth (``adapt_layers=None``, the
+``full`` profile's).
 
     .venv/bin/python benchmarks/bench_ddp.py --repeats 2
 

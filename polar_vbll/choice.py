@@ -219,7 +219,7 @@ class ChoiceForm:
     layers each question's prompt runs once and each choice's own tokens attend to its keys and
     values (``share_prompts=False`` runs every row whole, for comparison: same numbers up to float
     rounding, ~1.4-1.7x slower a step). ``adapt_layers=None`` runs the full backbone every time,
-    every row whole (the gpu tier).
+    every row whole (the `full` profile).
     """
 
     name = "choice"

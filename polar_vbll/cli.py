@@ -4,7 +4,7 @@
     polar-vbll finetune --task arc_easy --method polar_vbll --profile course --out runs/pv
     polar-vbll compare --task arc_easy --methods mle,polar_vbll --profile course --out results/demo
     polar-vbll compare --task obqa --methods mle,polar_vbll --ood obqa    (OBQA -> ARC, MMLU)
-    polar-vbll checkpoints --list      (the notebooks' committed cpu-tier fine-tunes)
+    polar-vbll checkpoints --list      (the notebooks' committed course-tier fine-tunes)
     accelerate launch --multi_gpu --num_processes 2 -m polar_vbll.cli finetune ...  (data
         parallel, GPUs or CPU; also torchrun --nproc_per_node 2 -m polar_vbll.cli ...;
         see polar_vbll.distributed)

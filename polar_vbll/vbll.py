@@ -423,18 +423,21 @@ class ChoiceVBLLHead(VBLLHead):
         if not torch.isfinite(features.phi).all():
             raise NumericalError("phi holds NaN or infinite values; the backbone features must be finite")
 
+    def choice_means(self, features) -> torch.Tensor:
+        """Logit means s_c + m^T phi_c, (B, C)."""
+        self._check(features)
+        return features.scores + features.phi @ self.weight_mean[0]
+
     def choice_moments(self, features) -> tuple[torch.Tensor, torch.Tensor]:
         """Logit means s_c + m^T phi_c and variances phi_c^T S phi_c, both (B, C)."""
-        self._check(features)
-        scores, phi = features
-        batch, choices, width = phi.shape
-        mean = scores + phi @ self.weight_mean[0]  # (B, C)
-        variance = self.logit_variance(phi.reshape(-1, width)).reshape(batch, choices)  # (B, C)
+        mean = self.choice_means(features)
+        batch, choices, width = features.phi.shape
+        variance = self.logit_variance(features.phi.reshape(-1, width)).reshape(batch, choices)
         return mean, variance
 
     def forward(self, features, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean logits s_c + m^T phi_c, (B, C); -inf at absent choices when a mask is given."""
-        mean, _ = self.choice_moments(features)
+        mean = self.choice_means(features)
         return mean if mask is None else mean.masked_fill(~check_mask(mask, *mean.shape), -math.inf)
 
     def jensen_bound(self, features, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -449,10 +452,11 @@ class ChoiceVBLLHead(VBLLHead):
                    n_samples: int = 100, generator: torch.Generator | None = None,
                    return_samples: bool = False):
         """Predictive probabilities (B, C); ``"mc"`` averages softmax(s + phi w_s) over w_s ~ q."""
-        mean, variance = self.choice_moments(features)
         if method != "mc":
+            mean, variance = self.choice_moments(features)
             return logit_gaussian_predictive(mean, variance, mask, method, n_samples, generator, return_samples)
-        mask = check_mask(mask, *mean.shape, device=mean.device)
+        self._check(features)
+        mask = check_mask(mask, *features.scores.shape, device=features.scores.device)
         weights = self.sample_weights(n_samples, generator)[:, 0]  # (S, d)
         samples = features.scores + torch.einsum("bcd,sd->sbc", features.phi, weights)  # (S, B, C)
         samples = samples.masked_fill(~mask, -math.inf)

@@ -163,6 +163,9 @@ def ratio(numerator: list[float], denominator: list[float]) -> dict:
 
 def result(name: str, device, measurements: dict, ratios: dict, target: str, met,
            notes: str = "", **extra) -> dict:
+    """The JSON object a benchmark prints. ``extra`` adds keys, among them ``headline``: the
+    absolute figures ({figure: "value unit"}) that a target in seconds or bytes is about, which
+    the book's table shows before the ratios (:func:`polar_vbll.measured.benchmark_rows`)."""
     return {"name": name, "machine": machine(device),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
@@ -231,7 +234,7 @@ def add_results_options(parser, default_methods: str) -> None:
                         help="when training now: also write results.json + report.html here "
                              "(seed i goes to OUT/seed<i>)")
     parser.add_argument("--committed", action="store_true",
-                        help="read the committed cpu-tier checkpoints (polar_vbll/trained) instead "
+                        help="read the committed course-tier checkpoints (polar_vbll/trained) instead "
                              "of a results.json or a new fine-tune; nothing is trained")
     parser.add_argument("--test-questions", default=None, metavar="N|all", type=question_count,
                         help="with --committed: score this many test questions (default: the "

@@ -70,6 +70,8 @@ def main() -> None:
         "load", device, measurements, ratios,
         target=f"cached load <= {TARGET_SECONDS:g} s (median)",
         met=bool(cached_median <= TARGET_SECONDS), profile=profile.name, repeats=args.repeats,
+        headline={"cached load, median": f"{cached_median:.2f} s",
+                  "cold load (GGUF dequantized), median": f"{_common.summary(times['cold'])['median']:.1f} s"},
         notes="the target is an absolute time by the issue's choice; the ratio is the "
               "side-by-side figure")
     _common.emit(payload, lines)

@@ -9,7 +9,9 @@ the training questions, then measures around ``method.fit(train, validation)`` o
 * CUDA: ``torch.cuda.max_memory_allocated`` during fit (after ``reset_peak_memory_stats``).
 
 Methods run round-robin, ``--repeats`` times each; the ratio of each method to the baseline is
-a ratio of medians.
+a ratio of medians. One untimed child of the baseline runs first, so that every measured child
+finds the frozen layers' feature cache (``POLAR_VBLL_CACHE``) built: otherwise the first child
+alone would pay for building it, and its peak would be the cache's, not its training's.
 
     .venv/bin/python benchmarks/bench_memory.py --profile smoke
 """
@@ -119,21 +121,26 @@ def main() -> None:
     key = "cuda_peak_growth_bytes" if device.type == "cuda" else "rss_peak_growth_bytes"
     values = {name: [] for name in names}
     reports = {name: [] for name in names}
+
+    def run_child(name: str) -> dict:
+        command = [sys.executable, os.path.abspath(__file__), "--child", name,
+                   "--profile", profile.name, "--task", args.task, "--device", str(device)]
+        if args.steps:
+            command += ["--steps", str(args.steps)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        line = [l for l in done.stdout.splitlines() if l.startswith("BENCH_MEMORY ")]
+        if done.returncode or not line:
+            sys.stderr.write(done.stderr[-3000:])
+            raise SystemExit(f"child for {name} failed (exit {done.returncode})")
+        return json.loads(line[-1][len("BENCH_MEMORY "):])
+
+    run_child(names[0])  # untimed: builds the feature cache every measured child then reads
     for round_index in range(args.repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            command = [sys.executable, os.path.abspath(__file__), "--child", name,
-                       "--profile", profile.name, "--task", args.task, "--device", str(device)]
-            if args.steps:
-                command += ["--steps", str(args.steps)]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = [l for l in done.stdout.splitlines() if l.startswith("BENCH_MEMORY ")]
-            if done.returncode or not line:
-                sys.stderr.write(done.stderr[-3000:])
-                raise SystemExit(f"child for {name} failed (exit {done.returncode})")
-            report = json.loads(line[-1][len("BENCH_MEMORY "):])
+            report = run_child(name)
             reports[name].append(report)
             values[name].append(report[key] / 2**20)
     baseline = names[0]
@@ -155,6 +162,8 @@ def main() -> None:
     payload = _common.result(
         "memory", device, measurements, ratios,
         target="none set by the issue (reported for information)", met=None,
+        headline={f"{name}: {key.removesuffix('_bytes').replace('_', ' ')} of fit, median":
+                  f"{_common.summary(v)['median']:.0f} MiB" for name, v in values.items()},
         notes="smoke profile: few steps; peaks of the optimizer state and activations are "
               "reached in the first step, so the figure is close to a longer run's"
               if profile.name == "smoke" else "", profile=profile.name, repeats=args.repeats)

@@ -1,4 +1,9 @@
-"""What a notebook costs, read from the walkthrough benchmark's JSON (``benchmarks/measured``).
+"""What the committed benchmark runs measured, read from their JSON (``benchmarks/measured``).
+
+Every script in ``benchmarks/`` prints one JSON object; the runs worth keeping are saved in
+``benchmarks/measured`` and the book's tables are built from them here, so a figure it shows is
+the measured one. :func:`benchmark_table` gives one row per saved run (its ratios, its target,
+whether it was met).
 
 ``benchmarks/bench_walkthrough.py`` measures, per notebook, the whole notebook with its fine-tunes
 loaded (what a CPU learner waits for), its live fine-tune where it was run, and the FLOPs of that
@@ -96,4 +101,100 @@ def time_table(folder: str | Path, profile: str = PROFILE) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["device_name", "time_rows", "time_table", "walkthrough_records"]
+# --------------------------------------------------------------------------- every benchmark
+
+
+def benchmark_records(folder: str | Path) -> list[dict]:
+    """Every saved benchmark result in ``folder`` except the walkthrough's (its own tables, above),
+    in name order; ConfigError naming the file that is not one."""
+    folder = Path(folder)
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("walkthrough_"):
+            continue
+        try:
+            record = json.loads(path.read_text())
+            for key in ("name", "machine", "date", "command", "ratios", "target", "met"):
+                record[key]
+            if not isinstance(record.get("headline", {}), dict):
+                raise TypeError("'headline' must be an object {figure: value}")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path}: not a benchmark result (expected the JSON object a "
+                              f"benchmarks/ script prints; {error!r})") from None
+        records.append({**record, "path": path.name})
+    if not records:
+        raise ConfigError(f"{folder}: no saved benchmark results (*.json)")
+    return records
+
+
+def _ratio_name(key: str) -> str:
+    return key.replace("_over_", " / ")
+
+
+def _ratio_figures(key: str, value, unit: str | None = None) -> list[tuple[str, str, str]]:
+    """(figure, value, paired spread) of one entry of a run's ``ratios``: a ratio of medians with
+    the paired median [min-max], a median over runs, a number, or a group of them."""
+    unit = ("x" if "_over_" in key else "") if unit is None else unit
+    if isinstance(value, (int, float)):
+        return [(_ratio_name(key), f"{value:.3g}{unit}", "")]
+    if "ratio_of_medians" in value:
+        return [(_ratio_name(key), f"**{value['ratio_of_medians']:.2f}x**",
+                 f"{value['paired_median']:.2f} [{value['paired_min']:.2f}-{value['paired_max']:.2f}]")]
+    if "median_over_runs" in value:
+        return [(_ratio_name(key), f"**{value['median_over_runs']:.3g}{unit}**", "")]
+    return [(f"{_ratio_name(key)}: {name}", number, spread) for inner_key, inner in value.items()
+            for name, number, spread in _ratio_figures(inner_key, inner, unit)]
+
+
+def _operator_figures(record: dict) -> list[tuple[str, str, str]]:
+    """The tensor operators of the two sides of each ``a_over_b`` ratio, where the run counted
+    them (a launch-bound GPU's time ratio follows the operator ratio)."""
+    measurements = record.get("measurements", {})
+    counts = next((measurements[key] for key in ("operators_per_step", "operators_per_call")
+                   if key in measurements), {})
+    figures = []
+    for key in record["ratios"]:
+        numerator, _, denominator = key.partition("_over_")
+        if counts.get(numerator) and counts.get(denominator):
+            figures.append((f"{_ratio_name(key)}, operators",
+                            f"{counts[numerator] / counts[denominator]:.2f}x", ""))
+    return figures
+
+
+def benchmark_rows(folder: str | Path) -> list[dict]:
+    """One row per saved benchmark run: its file, command, machine, date, target, verdict and
+    figures, (figure, value, paired spread) each: its ``headline`` (absolute figures), its ratios,
+    the operator ratios."""
+    rows = []
+    for record in benchmark_records(folder):
+        figures = [(name, value, "") for name, value in record.get("headline", {}).items()]
+        figures += [figure for key, value in record["ratios"].items() for figure in _ratio_figures(key, value)]
+        rows.append({"file": record["path"], "command": record["command"], "machine": device_name(record),
+                     "date": record["date"][:10], "figures": figures + _operator_figures(record),
+                     "target": record["target"],
+                     "met": {True: "met", False: "**missed**", None: "-"}[record["met"]]})
+    return rows
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def benchmark_table(folder: str | Path) -> str:
+    """The book's two tables of :func:`benchmark_rows` (markdown): each saved run with its target
+    and verdict, then every figure of each run."""
+    rows = benchmark_rows(folder)
+    runs = _markdown(["saved run", "command", "measured on", "target", "met?"],
+                     [[f"`{row['file'].removesuffix('.json')}`",
+                       f"`{row['command'].removeprefix('benchmarks/')}`",
+                       f"{row['machine']}, {row['date']}", row["target"], row["met"]] for row in rows])
+    figures = _markdown(["saved run", "figure", "value", "paired: median [min-max]"],
+                        [[f"`{row['file'].removesuffix('.json')}`" if index == 0 else "", *figure]
+                         for row in rows for index, figure in enumerate(row["figures"])])
+    return runs + "\n\n" + figures
+
+
+__all__ = ["benchmark_records", "benchmark_rows", "benchmark_table", "device_name", "time_rows",
+           "time_table", "walkthrough_records"]

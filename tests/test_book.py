@@ -6,6 +6,7 @@ variable set, a missing build is a failure, not a skip.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -81,6 +82,19 @@ def test_the_gpu_page_shows_the_measured_walkthrough(html_dir):
     assert "<table" in text and "| --- |" not in text
     assert "323 s (1200 steps)" in text  # benchmarks/measured/walkthrough_cpu_course_01.json
     assert "T4 (est.): live fine-tune" in text  # the README's table, polar_vbll.measured.time_table
+
+
+def test_the_benchmarks_page_shows_every_saved_benchmark_run(html_dir):
+    from polar_vbll import measured
+
+    text = read(html_dir / "benchmarks.html")
+    assert "| --- |" not in text, "a benchmarks table was not rendered"
+    plain = html.unescape(text).replace("\u2019", "'")  # Sphinx's smart quotes
+    for row in measured.benchmark_rows(REPO / "benchmarks" / "measured"):
+        assert row["target"] in plain, f"benchmarks page lacks {row['file']}"
+        for _, value, _ in row["figures"]:
+            shown = f"<strong>{value.strip('*')}</strong>" if value.startswith("**") else value
+            assert shown in plain, f"benchmarks page lacks {value} of {row['file']}"
 
 
 def test_references_list_the_course_papers(html_dir):

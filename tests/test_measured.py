@@ -125,3 +125,45 @@ def test_the_times_the_notebooks_state_are_the_measured_ones(bench_walkthrough):
     (5, 400, False), (2, 95, True), (2, 85, False)])
 def test_about_n_minutes_allows_a_quarter_and_at_least_half_a_minute(minutes, seconds, holds):
     assert _agrees(minutes, seconds) is holds
+
+
+# --------------------------------------------------------------------------- every saved benchmark
+
+
+def test_the_benchmark_table_has_a_row_per_saved_run_with_its_ratios_and_verdict():
+    saved = sorted(p for p in MEASURED.glob("*.json") if not p.name.startswith("walkthrough_"))
+    rows = measured.benchmark_rows(MEASURED)
+    assert [row["file"] for row in rows] == [p.name for p in saved]
+    for path, row in zip(saved, rows):
+        record = json.loads(path.read_text())
+        assert row["met"] == {True: "met", False: "**missed**", None: "-"}[record["met"]]
+        values = [value for _, value, _ in row["figures"]]
+        for key, value in record["ratios"].items():
+            if isinstance(value, dict) and "ratio_of_medians" in value:
+                assert f"**{value['ratio_of_medians']:.2f}x**" in values, (path.name, key)
+        for figure, value in record.get("headline", {}).items():
+            assert (figure, value, "") in row["figures"], (path.name, figure)
+    table = measured.benchmark_table(MEASURED)
+    assert all(f"| `{path.stem}` |" in table for path in saved)
+
+
+def test_operator_ratios_are_those_of_the_counted_sides(tmp_path):
+    record = json.loads((MEASURED / "train_step_cpu_course.json").read_text())
+    (tmp_path / "train_step.json").write_text(json.dumps(record))
+    counts = record["measurements"]["operators_per_step"]
+    (row,) = measured.benchmark_rows(tmp_path)
+    expected = counts["polar_landing"] / counts["lora"]
+    assert ("polar_landing / lora, operators", f"{expected:.2f}x", "") in row["figures"]
+
+
+def test_a_file_that_is_not_a_benchmark_result_is_named(tmp_path):
+    (tmp_path / "walkthrough_cpu.json").write_text("{}")  # the walkthrough's own tables read it
+    with pytest.raises(ConfigError, match="no saved benchmark results"):
+        measured.benchmark_rows(tmp_path)
+    (tmp_path / "notes.json").write_text('{"name": "x"}')
+    with pytest.raises(ConfigError, match=r"notes\.json: not a benchmark result .*'machine'"):
+        measured.benchmark_table(tmp_path)
+    record = json.loads((MEASURED / "train_step_cpu_course.json").read_text())
+    (tmp_path / "notes.json").write_text(json.dumps({**record, "headline": ["1.0 s"]}))
+    with pytest.raises(ConfigError, match=r"notes\.json: .*'headline' must be an object"):
+        measured.benchmark_rows(tmp_path)

@@ -159,3 +159,10 @@ def test_the_noise_floor_column_is_the_metrics_noise_floor():
     floor = metrics.ece_noise_floor(run.probabilities("arc_easy"), draws=50)["mean"]
     assert row["ece_floor"] == floor
     assert np.isfinite(floor) and 0 < floor < 0.2
+
+
+def test_the_book_benchmarks_table_is_every_saved_benchmark_run():
+    page = REPO / results.BENCHMARKS_PAGE
+    assert results.generated_files(README) == [README, page]
+    assert not results.write_readme(page, check=True), \
+        f"{page}'s table differs from benchmarks/measured: run python -m polar_vbll.results --readme README.md"

@@ -92,13 +92,10 @@ def time_table(folder: str | Path, profile: str = PROFILE) -> str:
     gpus = list(rows[0]["gpu"])
     header = ["notebook", f"{rows[0]['cpu']}, runs loaded", "T4 (est.): live fine-tune",
               "T4 (est.): notebook", *[f"{gpu}, measured" for gpu in gpus]]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        cells = [row["notebook"][:2], _minutes(row["loaded"]), _bracket(row["live_estimate"]),
-                 _bracket(row["notebook_estimate"]),
-                 *[_minutes(s) if s is not None else "not measured" for s in row["gpu"].values()]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _markdown(header, [[row["notebook"][:2], _minutes(row["loaded"]), _bracket(row["live_estimate"]),
+                               _bracket(row["notebook_estimate"]),
+                               *[_minutes(s) if s is not None else "not measured" for s in row["gpu"].values()]]
+                              for row in rows])
 
 
 # --------------------------------------------------------------------------- every benchmark

@@ -26,17 +26,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def base_parser(description: str, default_repeats: int) -> argparse.ArgumentParser:
-    """argparse with the options every benchmark shares: --profile, --repeats, --device."""
+def base_parser(description: str, default_repeats: int, model: bool = True) -> argparse.ArgumentParser:
+    """argparse with the options every benchmark shares: --repeats, and where the benchmark runs
+    the model (``model``), --profile, --device and --threads."""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="JSON result on stdout, a short table on stderr.")
+    parser.add_argument("--repeats", type=int, default=default_repeats,
+                        help="timed rounds; every round measures every side once")
+    if not model:
+        return parser
     parser.add_argument("--profile", default=None,
                         help="smoke | course | full; default: $POLAR_VBLL_PROFILE, else course "
                              "(polar_vbll.profiles.get_profile)")
-    parser.add_argument("--repeats", type=int, default=default_repeats,
-                        help="timed rounds; every round measures every side once")
     parser.add_argument("--device", default=None, help="cpu | cuda; default: cuda if available")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")

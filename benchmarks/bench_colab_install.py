@@ -75,7 +75,7 @@ def one_install(folder: Path, runtime: list[str], model: str) -> dict:
 
 
 def main() -> None:
-    parser = _common.base_parser(__doc__.splitlines()[0], default_repeats=1)
+    parser = _common.base_parser(__doc__.splitlines()[0], default_repeats=1, model=False)
     args = parser.parse_args()
     runtime = [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME]
     model = model_requirement()

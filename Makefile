@@ -18,6 +18,9 @@ STAMP := $(VENV)/.installed
 # The offline data folder; unset means the Hugging Face hub.
 export POLAR_VBLL_DATA ?= $(abspath ../shared/data)
 TORCH_CPU := torch==2.13.0
+# Library-test workers (pytest-xdist), each with one torch thread (tests/conftest.py); the CI
+# machine has two cores. `make test-lib TEST_WORKERS=0` runs the tests in one process.
+TEST_WORKERS ?= 2
 EXECUTED := build/notebooks
 
 .PHONY: setup chromium test test-lib test-notebooks demo checkpoints lab book bench sync clean
@@ -48,7 +51,7 @@ test: setup test-lib test-notebooks
 	POLAR_VBLL_BOOK_BUILT=1 $(PY) -m pytest -q tests/test_book.py tests/test_book_browser.py
 
 test-lib: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test-notebooks: setup
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED)

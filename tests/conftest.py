@@ -12,7 +12,10 @@
   (load average ~15): the smoke-profile methods on the tiny model took 20.7 s with 1 thread
   and 77-105 s with 2; SmolLM2 + PoLAR-VBLL, 4 smoke steps, took 47 s with 1 thread and 457 s
   with 2. With other jobs on the cores, the second thread mostly waits at every op's
-  hand-off; tiny ops (rank-4 adapters, 5-class heads) never gain from it.
+  hand-off; tiny ops (rank-4 adapters, 5-class heads) never gain from it. The second core
+  goes to a second test process instead: ``make test-lib`` runs two pytest-xdist workers, one
+  test file to a worker (``--dist loadfile``, so module fixtures load once); see
+  ``benchmarks/learning_log.md`` for the times.
 * **Models.** ``smollm2``: the packaged SmolLM2-135M, loaded once per session (treat it as
   read-only: deep-copy it before adding adapters). ``tiny_backbone``: a fresh tiny random
   Llama per test (seconds), free to modify.

@@ -180,17 +180,26 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 def benchmark_table(folder: str | Path) -> str:
-    """The book's two tables of :func:`benchmark_rows` (markdown): each saved run with its target
-    and verdict, then every figure of each run."""
+    """The book's view of :func:`benchmark_rows` (markdown): a narrow summary of every saved run
+    (where, when, verdict), then a section per run with its command, its target and its figures
+    (the paired column only where the run has paired ratios)."""
     rows = benchmark_rows(folder)
-    runs = _markdown(["saved run", "command", "measured on", "target", "met?"],
-                     [[f"`{row['file'].removesuffix('.json')}`",
-                       f"`{row['command'].removeprefix('benchmarks/')}`",
-                       f"{row['machine']}, {row['date']}", row["target"], row["met"]] for row in rows])
-    figures = _markdown(["saved run", "figure", "value", "paired: median [min-max]"],
-                        [[f"`{row['file'].removesuffix('.json')}`" if index == 0 else "", *figure]
-                         for row in rows for index, figure in enumerate(row["figures"])])
-    return runs + "\n\n" + figures
+    parts = [_markdown(["saved run", "measured on", "target met?"],
+                       [[f"[`{_stem(row)}`](#{_stem(row)})", f"{row['machine']}, {row['date']}", row["met"]]
+                        for row in rows])]
+    for row in rows:
+        verdict = "" if row["met"] == "-" else f" Verdict: {row['met']}."
+        paired = any(spread for _, _, spread in row["figures"])
+        header = ["figure", "value"] + (["paired: median [min-max]"] if paired else [])
+        parts += [f"### {_stem(row)}",
+                  f"`{row['command'].removeprefix('benchmarks/')}` on {row['machine']}, "
+                  f"{row['date']}.\nTarget: {row['target']}.{verdict}",
+                  _markdown(header, [list(figure[:len(header)]) for figure in row["figures"]])]
+    return "\n\n".join(parts)
+
+
+def _stem(row: dict) -> str:
+    return row["file"].removesuffix(".json")
 
 
 __all__ = ["benchmark_records", "benchmark_rows", "benchmark_table", "device_name", "time_rows",

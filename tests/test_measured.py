@@ -144,7 +144,11 @@ def test_the_benchmark_table_has_a_row_per_saved_run_with_its_ratios_and_verdict
         for figure, value in record.get("headline", {}).items():
             assert (figure, value, "") in row["figures"], (path.name, figure)
     table = measured.benchmark_table(MEASURED)
-    assert all(f"| `{path.stem}` |" in table for path in saved)
+    assert all(f"| [`{path.stem}`](#{path.stem}) |" in table for path in saved)  # the summary
+    for path, row in zip(saved, rows):  # a section per run: command, target, figures
+        section = table.split(f"### {path.stem}\n\n", 1)[1].split("\n### ", 1)[0]
+        assert row["command"].removeprefix("benchmarks/") in section and row["target"] in section
+        assert all(f"| {figure} | {value} |" in section for figure, value, _ in row["figures"])
 
 
 def test_operator_ratios_are_those_of_the_counted_sides(tmp_path):

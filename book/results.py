@@ -51,7 +51,7 @@ print(f"{len(runs)} committed runs")
 #
 # Trained on ARC-Easy training questions, tested on ARC-Easy test questions.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "full-width"]
 display(Markdown(results.method_table("arc_easy", runs)))
 
 # %% [markdown]
@@ -94,7 +94,7 @@ display(Markdown(results.markdown(
 # Every fine-tune here loses ARC-Easy accuracy against the zero-shot model; notebook 06 looks at
 # why.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "full-width"]
 display(Markdown(results.method_table("obqa", runs)))
 display(Markdown(results.ood_table("obqa", runs)))
 

@@ -3,7 +3,8 @@
 Runs after ``bash book/build.sh`` with POLAR_VBLL_BOOK_BUILT=1 (``make test`` does both), like
 tests/test_book.py. Per page: no console error and no uncaught page error (offline, requests to
 other hosts are not counted; book/_ext/course_theme.py fixes the two the theme used to log);
-every plotly figure drew an SVG with its data traces; the math was typeset by MathJax; on notebook
+every plotly figure drew an SVG with its data traces; the math was typeset by MathJax; no table
+is wider than its column in a 1280 px window (wide tables sit in ``full-width`` cells); on notebook
 pages, the Colab badge links to the notebook's path in the repository. A full-page screenshot of each page goes to
 build/screenshots/ (not committed) for a person to look at.
 """
@@ -94,6 +95,12 @@ def test_the_page_renders_in_chromium(chromium, page_path):
             hrefs = page.eval_on_selector_all("a[href*='colab.research.google.com']",
                                               "links => links.map(link => link.href)")
             assert COLAB.format(stem) in hrefs, f"{relative}: no Colab link to {COLAB.format(stem)}: {hrefs}"
+        hidden = page.evaluate("""() => [...document.querySelectorAll('table')].map(table => {
+            const box = table.closest('.pst-scrollable-table-container') || table.parentElement;
+            return [box.scrollWidth - box.clientWidth, table.innerText.slice(0, 40)];
+        }).filter(([over]) => over > 2)""")
+        assert not hidden, (f"{relative}: a table is wider than its column at 1280 px, its last "
+                            f"columns behind a scroll (px over, start): {hidden}")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / (relative.replace("/", "_") + ".png")), full_page=True)
         assert not errors, f"{relative}: " + "; ".join(errors)

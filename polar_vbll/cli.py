@@ -24,6 +24,17 @@ from pathlib import Path
 from polar_vbll.errors import ConfigError, PolarVBLLError
 
 
+def _profile_name(name: str) -> str:
+    """--profile's check: a profile name, an old name refused with the new ones to use."""
+    from polar_vbll import profiles
+
+    try:
+        profiles.get_profile(name)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     from polar_vbll import data, methods, models, profiles
 
@@ -33,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Data: POLAR_VBLL_DATA=<folder with the release files> (unset: Hugging Face "
                "hub). Sizes: POLAR_VBLL_PROFILE or --profile (smoke | course | full).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profile_names = "{" + ",".join(profiles.PROFILES) + "}"
     tasks = ", ".join(data.task_names())
 
     def common(sub, task_required=True):
@@ -41,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=models.SMOLLM2,
                          help=f"backbone: {models.SMOLLM2!r} (packaged, offline), "
                               f"{models.TINY!r}, a local folder or a hub id")
-        sub.add_argument("--profile", choices=list(profiles.PROFILES), default=None,
-                         help="run size (default: POLAR_VBLL_PROFILE, else gpu/cpu)")
+        sub.add_argument("--profile", type=_profile_name, default=None, metavar=profile_names,
+                         help="run size (default: POLAR_VBLL_PROFILE, else course)")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         sub.add_argument("--out", default=None, help="output folder for JSON / report / "
                                                      "checkpoint")
@@ -102,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                     "run into --out (default: the package's trained/ folder, which the notebooks "
                     "load from). Runs that already have a checkpoint are kept unless --retrain; "
                     "checkpoints that no run produces any more are removed.")
-    made.add_argument("--profile", choices=list(profiles.PROFILES), default="course",
+    made.add_argument("--profile", type=_profile_name, default="course", metavar=profile_names,
                       help="run size (default course: the profile whose checkpoints are committed)")
     made.add_argument("--out", default=None, help="checkpoint folder (default: polar_vbll/trained)")
     made.add_argument("--only", default=None, metavar="METHODS",

@@ -90,3 +90,18 @@ def test_unwritable_output_folder(tmp_path, capsys):
     assert cli.main(["eval", "--task", "arc_easy", "--limit", "2", "--model", "tiny",
                      "--out", str(blocker / "out"), "--no-progress"]) == 2
     assert "cannot create output folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "--task", "arc_easy", "--method", "mle", "--profile", "gpu"],
+     "profile 'gpu' was renamed: use 'full'"),
+    (["checkpoints", "--profile", "cpu"], "profile 'cpu' was renamed: use 'course'"),
+    (["eval", "--task", "arc_easy", "--profile", "huge"], "unknown profile 'huge'"),
+])
+def test_a_bad_profile_name_is_refused_with_the_profiles_to_use(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "['smoke', 'course', 'full']" in error and "Traceback" not in error
+    assert message in error.strip().splitlines()[-1]  # the usage, then the error in one line

@@ -170,6 +170,9 @@ def time_notebook(number: str, profile_name: str, live: bool) -> dict:
     import nbformat
     from nbclient import NotebookClient
 
+    from polar_vbll import kernel_poll
+
+    kernel_poll.install()  # a missed wakeup of the client costs a second, not the 1800 s limit
     # a child process of its own (run_child): the kernel inherits this environment
     os.environ.update({"POLAR_VBLL_PROFILE": profile_name, "TQDM_DISABLE": "1",
                        "POLAR_VBLL_LIVE": "1" if live else "0"})

@@ -1,6 +1,7 @@
 """What the device decides (polar_vbll.devices): precision by compute capability, whether a
 profile's training fits the memory, and its name -- checked with injected capabilities and
-memory sizes, since CI has no GPU."""
+memory sizes, since CI has no GPU; and the real SmolLM2 under float16 autocast on the CPU (the
+float16 route of GPUs without bfloat16)."""
 
 import pytest
 import torch
@@ -79,3 +80,33 @@ def test_a_profile_that_does_not_fit_is_one_clear_line():
 
 def test_device_names():
     assert devices.name_of("cpu").startswith("the CPU (")
+
+
+def test_smollm2_in_float16_autocast_stays_in_range_and_scores_as_float32(smollm2):
+    """The float16 route on a GPU without bfloat16 (``accelerate launch --mixed_precision fp16``):
+    SmolLM2's residual stream peaks far below float16's largest number, and float16 autocast
+    ranks the answers of real questions as float32 does."""
+    from polar_vbll import cloze, data, feature_cache
+
+    model, tokenizer = smollm2
+    questions = data.load_task("arc_easy", "validation", limit=4)
+    peaks = []
+
+    def record(module, inputs, output):
+        peaks.append((output[0] if isinstance(output, tuple) else output).abs().max().item())
+
+    hooks = [layer.register_forward_hook(record) for layer in feature_cache.decoder_layers(model)]
+    try:
+        full = cloze.predict(model, tokenizer, questions)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = cloze.predict(model, tokenizer, questions)
+    largest = torch.finfo(torch.float16).max
+    assert 1000 < max(peaks) < largest / 2, max(peaks)  # massive activations, still in range
+    mask = full["mask"]
+    assert torch.isfinite(half["scores"][mask]).all()
+    difference = (half["scores"] - full["scores"])[mask].abs().max().item()
+    assert difference < 0.05, difference  # mean log-probability per answer token
+    assert torch.equal(half["scores"].argmax(-1), full["scores"].argmax(-1))

@@ -10,13 +10,14 @@ what the hardware runs natively:
   scaling is needed, and these GPUs have bfloat16 tensor cores;
 * **an older GPU** (a Colab T4 is 7.5, a V100 7.0): float32. These GPUs have no bfloat16 units:
   recent PyTorch emulates bfloat16 on them (slowly) and older PyTorch refuses it, so bfloat16 is
-  never used there. Their float16 tensor cores would need a gradient scaler (float16 overflows
-  where bfloat16 does not) in front of the PoLAR and VBLL optimizer steps; at the course profile's
-  small batches (4 questions of 5 choices over 4 adapted layers) a step is bound by kernel launches
-  more than by arithmetic, so float32 costs little and reproduces the CPU runs' numbers most
-  closely. ``accelerate launch --mixed_precision fp16`` still selects float16 autocast there:
-  SmolLM2's residual stream, whose largest activations are in the tens of thousands, stays
-  inside float16's range, and float16 autocast ranks answers as float32 does
+  never used there. Their float16 tensor cores need the loss scaled (float16's narrow range
+  loses small gradients where bfloat16's does not; :class:`polar_vbll.training.Trainer` scales
+  it whenever the autocast is float16 and skips a step whose gradients overflowed); at the
+  course profile's small batches (4 questions of 5 choices over 4 adapted layers) a step is
+  bound by kernel launches more than by arithmetic, so float32 costs little and reproduces the
+  CPU runs' numbers most closely. ``accelerate launch --mixed_precision fp16`` still selects
+  float16 autocast there: SmolLM2's residual stream, whose largest activations are in the tens of
+  thousands, stays inside float16's range, and float16 autocast ranks answers as float32 does
   (``tests/test_devices.py``). Which of the two is faster on a T4 is a measurement for a T4.
 
 :func:`policy` takes an explicit ``capability`` and :func:`check_memory` an explicit memory size,

@@ -35,7 +35,7 @@ What changes with W processes, and why the result is the one-process result:
   processes (the data order after resuming follows the new global batch size).
 * **accelerate's switches**: ``accelerate launch --mixed_precision bf16|fp16`` selects the
   autocast dtype of the backbone pass (on any device; bf16 is refused on a GPU without native
-  bfloat16; unset: :func:`polar_vbll.devices.policy`), and
+  bfloat16; fp16 trains with a loss scaler; unset: :func:`polar_vbll.devices.policy`), and
   ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS=N`` (the variable accelerate's ``Accelerator`` reads;
   ``accelerate launch --gradient_accumulation_steps`` sets it only for DeepSpeed runs) sets the
   number of micro-batches per optimizer step, in place of the profile's ``grad_accumulation``.
@@ -154,20 +154,24 @@ class World:
 
     # ------------------------------------------------------------------ precision
 
-    def autocast(self, device: torch.device):
-        """The backbone pass's autocast: accelerate's ``--mixed_precision`` when set, else what
-        :func:`polar_vbll.devices.policy` chooses for the device (bfloat16 on GPUs with native
-        bfloat16, none on older GPUs and on the CPU)."""
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The backbone pass's autocast format: accelerate's ``--mixed_precision`` when set, else
+        what :func:`polar_vbll.devices.policy` chooses for the device (bfloat16 on GPUs with
+        native bfloat16, none on older GPUs and on the CPU)."""
         from polar_vbll import devices
 
         device = torch.device(device)
         if self.mixed_precision in PRECISIONS:
             devices.check_autocast(PRECISIONS[self.mixed_precision], device)
-            return torch.autocast(device.type, dtype=PRECISIONS[self.mixed_precision])
-        dtype = None if self.mixed_precision == "no" else devices.policy(device).autocast
+            return PRECISIONS[self.mixed_precision]
+        return None if self.mixed_precision == "no" else devices.policy(device).autocast
+
+    def autocast(self, device: torch.device):
+        """``torch.autocast`` in :meth:`autocast_dtype`, or nothing."""
+        dtype = self.autocast_dtype(device)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def _even_bounds(count: int, parts: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Waits of a Jupyter client on a kernel, in one-second polls (notebook runs in tests and benchmarks).
+"""A Jupyter client's waits on its kernel, in one-second polls (notebooks run by tests, benchmarks).
 
 A notebook runner (nbclient: nbmake in ``make test-notebooks``, ``tests/test_widgets.py``,
 ``benchmarks/bench_walkthrough.py``) waits for a cell's reply with one asyncio ZeroMQ poll as
@@ -27,7 +27,8 @@ def sliced(get_msg, slice_seconds: float = SLICE_SECONDS):
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await get_msg(channel, timeout=slice_seconds if left is None else min(slice_seconds, left))
+                poll = slice_seconds if left is None else min(slice_seconds, left)
+                return await get_msg(channel, timeout=poll)
             except Empty:
                 if left is not None and left <= slice_seconds:
                     raise

@@ -185,7 +185,8 @@ def benchmark_table(folder: str | Path) -> str:
     (the paired column only where the run has paired ratios)."""
     rows = benchmark_rows(folder)
     parts = [_markdown(["saved run", "measured on", "target met?"],
-                       [[f"[`{_stem(row)}`](#{_stem(row)})", f"{row['machine']}, {row['date']}", row["met"]]
+                       [[f"[`{_stem(row)}`](#{_stem(row)})", f"{row['machine']}, {row['date']}",
+                         row["met"]]
                         for row in rows])]
     for row in rows:
         verdict = "" if row["met"] == "-" else f" Verdict: {row['met']}."

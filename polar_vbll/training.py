@@ -246,6 +246,11 @@ class Trainer:
                 optimizer, lambda step: warmup_cosine(step, config.steps, config.warmup_fraction))
             for name, optimizer in self.optimizers.items()
         }
+        # float16 autocast (accelerate's --mixed_precision fp16) scales the loss, so that small
+        # gradients of the backbone pass do not underflow; bfloat16 and float32 need no scaling
+        # (disabled, the scaler passes the loss and the optimizer steps through unchanged)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.world.autocast_dtype(self.device) == torch.float16)
         self.state = TrainState()
         self.generator = torch.Generator().manual_seed(config.seed)
 
@@ -305,16 +310,20 @@ class Trainer:
             terms = self.objective(phi, batch)
             self._check_finite(terms, "adapter step" if alternating else "joint step")
             share = weight / len(micro_batches)
-            (terms["loss"] * share).backward()
+            self.scaler.scale(terms["loss"] * share).backward()
             for name, value in terms.items():
                 totals[name] += value.item() * share
             cached.append((phi.detach(), batch, share))
         self.world.sum_gradients(self._trainable(first_block))
         totals = self.world.sum_values(totals)
+        stepping = [self.optimizers[name] for name in first_block if name in self.optimizers]
+        for optimizer in stepping:
+            self.scaler.unscale_(optimizer)  # true gradients before clipping
         torch.nn.utils.clip_grad_norm_(self._trainable(first_block), config.max_grad_norm)
-        for name in first_block:
-            if name in self.optimizers:
-                self.optimizers[name].step()
+        for optimizer in stepping:
+            if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+                self.scaler.step(optimizer)  # skipped when a scaled gradient overflowed
+        self.scaler.update()
         if alternating and self.config.posterior_steps:
             self._posterior_steps(cached)
         stepped = list(self.optimizers) if not alternating or self.config.posterior_steps \
@@ -325,6 +334,8 @@ class Trainer:
         self.state.step += 1
         entry = {"step": self.state.step, **totals,
                  "lr": self.schedulers[first_block[0]].get_last_lr()[0]}
+        if self.scaler.is_enabled():  # float16: the loss scale after this step
+            entry["loss_scale"] = self.scaler.get_scale()
         if self.state.step % config.log_every == 0 or self.state.step == config.steps:
             entry.update(self.geometry_log())
         self.state.history.append(entry)
@@ -430,6 +441,8 @@ class Trainer:
                  "rank_history": {str(k): v for k, v in self.state.rank_history.items()},
                  "optimizers": optimizer_plain,
                  "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()}}
+        if self.scaler.is_enabled():  # float16: the loss scale and its growth counter
+            state["loss_scaler"] = self.scaler.state_dict()
         checkpoints.save_checkpoint(folder, tensors, config, state)
 
     def load(self, folder) -> dict:
@@ -462,6 +475,8 @@ class Trainer:
         for name, scheduler in self.schedulers.items():
             if name in state.get("schedulers", {}):
                 scheduler.load_state_dict(state["schedulers"][name])
+        if self.scaler.is_enabled() and "loss_scaler" in state:
+            self.scaler.load_state_dict(state["loss_scaler"])
         # fit() restores it: methods seed the global generator just before they call fit()
         self._resume_rng = tensors.get("rng")
         self.state = TrainState(step=int(state.get("step", 0)),

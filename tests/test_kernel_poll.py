@@ -28,7 +28,8 @@ class Channel:
 
 
 def wait(channel: Channel, timeout: float | None) -> dict:
-    return asyncio.run(kernel_poll.sliced(Channel.get_msg, slice_seconds=0.2)(channel, timeout=timeout))
+    get_msg = kernel_poll.sliced(Channel.get_msg, slice_seconds=0.2)
+    return asyncio.run(get_msg(channel, timeout=timeout))
 
 
 def test_a_missed_wakeup_costs_one_slice_not_the_whole_limit():

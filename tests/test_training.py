@@ -114,3 +114,53 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, examples):
     assert [h["loss"] for h in resumed.state.history] == pytest.approx(
         [h["loss"] for h in straight.state.history], rel=1e-5)
     assert not math.isnan(resumed.state.history[-1]["kl"])
+
+
+# ---------------------------------------------------------------------- float16: a loss scaler
+
+
+def _world(monkeypatch, mixed_precision):
+    from polar_vbll import distributed
+
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(mixed_precision=mixed_precision))
+
+
+def _gradients(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_float16_scales_the_loss_and_steps_with_the_true_gradients(examples, monkeypatch,
+                                                                   tmp_path):
+    """accelerate's --mixed_precision fp16: the loss is scaled (no underflow in the float16
+    backward), the gradients are unscaled before clipping and the step, an overflowing step is
+    skipped with a smaller scale, and a resumed run keeps its scale; other formats leave the loss
+    alone."""
+    _world(monkeypatch, "bf16")
+    assert not Trainer(*_setup(), TrainConfig(steps=1), num_data=12).scaler.is_enabled()
+    # clipping active (the true gradient norm is above 0.01): it must see unscaled gradients
+    config = TrainConfig(steps=2, batch_size=4, warmup_fraction=0.0, max_grad_norm=1e-2)
+    _world(monkeypatch, "no")
+    full = Trainer(*_setup(head="answer"), config, num_data=12)
+    _world(monkeypatch, "fp16")
+    scaled = Trainer(*_setup(head="answer"), config, num_data=12)
+    assert scaled.scaler.is_enabled() and scaled.scaler.get_scale() == 2.0 ** 16
+    for trainer in (full, scaled):
+        trainer.train_step([examples[:4]])
+    true, seen = ({**_gradients(t.model), **_gradients(t.head)} for t in (full, scaled))
+    assert true.keys() == seen.keys() and true
+    assert sum(g.norm() ** 2 for g in true.values()).sqrt() == pytest.approx(1e-2, rel=1e-3)
+    for name in true:  # float32's clipped gradients to float16's precision
+        error = (seen[name] - true[name]).norm() / true[name].norm().clamp(min=1e-30)
+        assert error < 1e-2, (name, error.item())
+
+    # a scale so large that the float16 backward overflows: the step is skipped, the scale drops
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+    before = _snapshot(scaled.model)
+    scaled.train_step([examples[4:8]])
+    assert all(torch.equal(before[n], p) for n, p in _snapshot(scaled.model).items())
+    assert scaled.scaler.get_scale() == 2.0 ** 99 == scaled.state.history[-1]["loss_scale"]
+    assert "loss_scale" not in full.state.history[-1]
+    scaled.save(tmp_path / "run")  # a resumed float16 run goes on with its loss scale
+    resumed = Trainer(*_setup(head="answer"), config, num_data=12)
+    resumed.load(tmp_path / "run")
+    assert resumed.scaler.get_scale() == 2.0 ** 99

@@ -35,8 +35,10 @@
 # **Precision by device** (`polar_vbll/devices.py`): float32 on a CPU; bfloat16 weights and autocast
 # only on GPUs that support it natively (compute capability ≥ 8.0: A100, L4, H100); float32 on older
 # GPUs such as Colab's T4 (7.5), where bfloat16 would be emulated. A 135M model's small matrices
-# gain little from float16 casts there, and float32 needs no gradient scaler; this choice is
-# reasoned, not yet measured on a T4. Every training pass runs without PyTorch's cuDNN attention
+# gain little from float16 casts there, and float32 needs no loss scaling; this choice is
+# reasoned, not yet measured on a T4. float16 is possible: `accelerate launch --mixed_precision
+# fp16` selects it, the trainer then scales the loss (a `GradScaler`), and SmolLM2's largest
+# activations stay inside float16's range (`tests/test_devices.py`). Every training pass runs without PyTorch's cuDNN attention
 # kernel, which returned NaN gradients for left-padded rows on the H200 this project was lent
 # (`models.attention_kernels`).
 #

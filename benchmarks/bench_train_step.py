@@ -12,12 +12,18 @@ Each side also counts the tensor operators and host reads of one step (Adam's mu
 as on CUDA): on a GPU a step of this size waits on its kernel launches, so the operator ratio
 is what the time ratio there follows.
 
+``--precisions fp32,fp16,bf16`` runs every side in each of those formats instead of the device's
+policy (float32 weights; no autocast, float16 autocast with the trainer's loss scaler, bfloat16
+autocast), as sides ``<side>@<format>`` compared with the first: what float16 costs or saves
+against float32, the choice a T4 faces (bf16 only where the GPU has it natively).
+
 Target (issue): PoLAR + landing step <= 1.10 x the LoRA step.
 """
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import _common
 
@@ -32,6 +38,7 @@ SIDES = {  # name -> (adapter kind, stiefel method)
     "polar_retraction_qr": ("polar", "retraction"),
 }
 TARGET = 1.10
+PRECISIONS = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}  # --precisions -> accelerate's switch
 
 
 def fixed_length_batch(tokenizer, task: str, batch: int, tokens: int):
@@ -48,7 +55,15 @@ def fixed_length_batch(tokenizer, task: str, batch: int, tokens: int):
     raise SystemExit(f"fewer than {batch} {task} prompts reach {tokens} tokens; choose --task")
 
 
-def step_launches(trainer, examples) -> dict:
+def one_step(trainer, world, examples) -> None:
+    """One ``train_step`` on ``examples`` in ``world``'s format (the autocast is read per call)."""
+    from polar_vbll import distributed
+
+    distributed.set_world(world)
+    trainer.train_step([examples])
+
+
+def step_launches(trainer, step) -> dict:
     """Operators and host reads of one more step, with Adam's multi-tensor (``foreach``) path
     as CUDA runs it, also on a CPU: on a GPU a step this small is bound by its launches, so
     their ratio predicts the ratio of step times there."""
@@ -59,7 +74,7 @@ def step_launches(trainer, examples) -> dict:
     counters = [state["step"] for optimizer in trainer.optimizers.values()
                 for state in optimizer.state.values() if "step" in state]
     with _common.operator_counter(host_tensors=counters) as counter:
-        trainer.train_step([examples])
+        step()
     for group, value in zip(groups, before):
         group["foreach"] = value
     return {"operators": counter.count, "host_reads": counter.host_reads}
@@ -75,21 +90,32 @@ def main() -> None:
                         help="where the fixed-length prompts come from (needs long prompts)")
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"comma-separated subset of {list(SIDES)}")
+    parser.add_argument("--precisions", default=None,
+                        help=f"comma-separated subset of {list(PRECISIONS)}: each side in each "
+                             "format, float32 weights (default: the device's policy)")
     args = parser.parse_args()
+    precisions = args.precisions.split(",") if args.precisions else [None]
+    unknown = [p for p in precisions if p is not None and p not in PRECISIONS]
+    if unknown:
+        parser.error(f"--precisions {args.precisions!r}: expected a subset of {list(PRECISIONS)}")
     _common.apply_threads(args)
     profile = _common.resolve_profile(args.profile)
     device = _common.resolve_device(args.device)
-    from polar_vbll import adapters, data, models
+    from polar_vbll import adapters, data, distributed, models
     from polar_vbll.training import AnswerHead, Trainer, TrainConfig
 
-    base, tokenizer = models.load_backbone(models.SMOLLM2, device=device)
+    dtype = torch.float32 if args.precisions else None  # None: the device's policy
+    base, tokenizer = models.load_backbone(models.SMOLLM2, device=device, dtype=dtype)
     examples = fixed_length_batch(tokenizer, args.task, args.batch, args.tokens)
     shape = tuple(data.encode_examples(tokenizer, examples, args.tokens)["input_ids"].shape)
     head_weight = models.answer_head_weight(base, tokenizer, data.NUM_CLASSES)
 
     sides, trainers = {}, {}
-    for name in args.sides.split(","):
-        kind, stiefel_method = SIDES[name]
+    for side, precision in ((s, p) for s in args.sides.split(",") for p in precisions):
+        name = side if precision is None else f"{side}@{precision}"
+        world = distributed.World(mixed_precision=PRECISIONS.get(precision))
+        distributed.set_world(world)  # the trainer's loss scaler follows the format
+        kind, stiefel_method = SIDES[side]
         model = copy.deepcopy(base)
         adapters.add_adapters(model, kind=kind, rank=args.rank, alpha=args.alpha,
                               target_modules=("q_proj", "v_proj"), seed=0)
@@ -100,11 +126,12 @@ def main() -> None:
         trainer = Trainer(model, tokenizer, AnswerHead(head_weight).to(device), config,
                           num_data=len(examples))
         trainers[name] = trainer
-        sides[name] = (lambda t=trainer: t.train_step([examples]))
+        sides[name] = partial(one_step, trainer, world, examples)
     del base
 
     times = _common.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
-    launches = {name: step_launches(trainer, examples) for name, trainer in trainers.items()}
+    launches = {name: step_launches(trainer, sides[name]) for name, trainer in trainers.items()}
+    distributed.set_world(None)
     measurements = {"batch_shape": list(shape), "rank": args.rank, "target_modules": ["q_proj", "v_proj"],
                     "seconds_per_step": {name: _common.summary(v) for name, v in times.items()},
                     "trainable_parameters": {

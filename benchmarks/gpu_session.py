@@ -20,7 +20,8 @@ limit and in this order of importance: ``pytest tests/test_gpu.py`` (the precisi
 attention fix, every method on CUDA, a live course fine-tune against its committed CPU run), the
 walkthrough benchmark of notebook 01 (live fine-tune, whole notebook, FLOPs: the measured
 efficiency a T4 estimate needs), whole notebooks 05 and 06 as on a GPU with nothing set, then
-the training-step and inference benchmarks (time ratios next to operator ratios).
+the training-step and inference benchmarks (time ratios next to operator ratios), and the
+training step in float32, float16 and bfloat16 side by side.
 Logs and JSON land in ``$OUT``; a stage that fails or runs out of time is recorded and the next
 one still runs.
 """
@@ -78,6 +79,9 @@ STAGES = [
                              "--sides", "lora,polar_landing"]),
     ("inference_cuda", 90, ["benchmarks/bench_inference.py", "--repeats", "3", "--sides",
                             "deterministic_polar,vbll_mc,mc_dropout"]),
+    # float32 against float16 (casts and the loss scaler) and bfloat16: the T4's choice, seen here
+    ("train_step_precisions_cuda", 90, ["benchmarks/bench_train_step.py", "--repeats", "5",
+                                        "--sides", "polar_landing", "--precisions", "fp32,fp16,bf16"]),
 ]
 
 

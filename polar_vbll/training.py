@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 import math
 import time
 from pathlib import Path
@@ -319,18 +320,25 @@ class Trainer:
         stepping = [self.optimizers[name] for name in first_block if name in self.optimizers]
         for optimizer in stepping:
             self.scaler.unscale_(optimizer)  # true gradients before clipping
-        torch.nn.utils.clip_grad_norm_(self._trainable(first_block), config.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self._trainable(first_block), config.max_grad_norm)
+        # float16: an overflow in one block makes the clipped gradients of every block non-finite,
+        # so the whole step is skipped (and the scale lowered), not only the overflowing block
+        overflowed = self.scaler.is_enabled() and not torch.isfinite(norm).item()
         for optimizer in stepping:
-            if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
-                self.scaler.step(optimizer)  # skipped when a scaled gradient overflowed
+            if not overflowed and any(p.grad is not None for group in optimizer.param_groups
+                                      for p in group["params"]):
+                self.scaler.step(optimizer)
         self.scaler.update()
         if alternating and self.config.posterior_steps:
             self._posterior_steps(cached)
         stepped = list(self.optimizers) if not alternating or self.config.posterior_steps \
             else first_block
-        for name in stepped:
-            if name in self.schedulers:
-                self.schedulers[name].step()
+        with warnings.catch_warnings():
+            if overflowed:  # the schedule counts the skipped step too; torch would warn
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for name in stepped:
+                if name in self.schedulers:
+                    self.schedulers[name].step()
         self.state.step += 1
         entry = {"step": self.state.step, **totals,
                  "lr": self.schedulers[first_block[0]].get_last_lr()[0]}

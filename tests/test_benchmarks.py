@@ -177,3 +177,21 @@ def test_the_readme_states_the_measured_colab_install():
     assert stated, "the README's Colab bullet no longer states the measured install"
     measured = [record["measurements"][key]["median"] for key in ("package_seconds", "model_seconds")]
     assert [float(value) for value in stated.groups()] == [round(value, 1) for value in measured]
+
+
+def test_the_training_step_benchmark_compares_precisions_side_by_side():
+    """--precisions: every side in each format; float16 adds its casts and the loss scaler's
+    operators and host read, so its step launches more than float32's."""
+    result = bench("bench_train_step.py", "--device", "cpu", "--sides", "polar_landing",
+                   "--precisions", "fp32,fp16", "--repeats", "1", "--batch", "1", "--tokens", "64")
+    operators = result["measurements"]["operators_per_step"]
+    reads = result["measurements"]["host_reads_per_step"]
+    assert set(operators) == {"polar_landing@fp32", "polar_landing@fp16"}
+    assert operators["polar_landing@fp16"] > operators["polar_landing@fp32"]
+    assert reads["polar_landing@fp16"] > reads["polar_landing@fp32"]
+    assert result["ratios"]["polar_landing@fp16_over_polar_landing@fp32"]["ratio_of_medians"] > 0
+    done = subprocess.run([sys.executable, "benchmarks/bench_train_step.py", "--precisions", "fp8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "--precisions 'fp8': expected a subset of" in done.stderr
+    assert "Traceback" not in done.stderr

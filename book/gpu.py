@@ -37,8 +37,10 @@
 # GPUs such as Colab's T4 (7.5), where bfloat16 would be emulated. A 135M model's small matrices
 # gain little from float16 casts there, and float32 needs no loss scaling; this choice is
 # reasoned, not yet measured on a T4. float16 is possible: `accelerate launch --mixed_precision
-# fp16` selects it, the trainer then scales the loss (a `GradScaler`), and SmolLM2's largest
-# activations stay inside float16's range (`tests/test_devices.py`). Every training pass runs without PyTorch's cuDNN attention
+# fp16` selects it, the trainer then scales the loss (a `GradScaler`), SmolLM2's largest
+# activations stay inside float16's range (`tests/test_devices.py`), and a course fine-tune trained
+# so on a CPU lands on its float32 run's ACC / ECE / NLL within float rounding
+# (`benchmarks/learning_log.md`). Every training pass runs without PyTorch's cuDNN attention
 # kernel, which returned NaN gradients for left-padded rows on the H200 this project was lent
 # (`models.attention_kernels`).
 #

@@ -322,12 +322,12 @@ class Trainer:
             self.scaler.unscale_(optimizer)  # true gradients before clipping
         norm = torch.nn.utils.clip_grad_norm_(self._trainable(first_block), config.max_grad_norm)
         # float16: an overflow in one block makes the clipped gradients of every block non-finite,
-        # so the whole step is skipped (and the scale lowered), not only the overflowing block
+        # so the whole step is skipped, not only the overflowing block (one host read; the
+        # scaler's own per-optimizer check would be one more), and update() lowers the scale
         overflowed = self.scaler.is_enabled() and not torch.isfinite(norm).item()
-        for optimizer in stepping:
-            if not overflowed and any(p.grad is not None for group in optimizer.param_groups
-                                      for p in group["params"]):
-                self.scaler.step(optimizer)
+        if not overflowed:
+            for optimizer in stepping:
+                optimizer.step()
         self.scaler.update()
         if alternating and self.config.posterior_steps:
             self._posterior_steps(cached)

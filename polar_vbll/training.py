@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 import math
 import time
+import warnings
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
@@ -335,7 +335,7 @@ class Trainer:
             else first_block
         with warnings.catch_warnings():
             if overflowed:  # the schedule counts the skipped step too; torch would warn
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
             for name in stepped:
                 if name in self.schedulers:
                     self.schedulers[name].step()

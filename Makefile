@@ -58,11 +58,12 @@ test-notebooks: setup
 	cp notebooks/*.ipynb $(EXECUTED)/
 	@# TQDM_DISABLE: no progress-bar widgets in headless runs (they only flood the kernel's
 	@# IOPub channel). A cell's limit is 3 minutes (the longest smoke cell takes under 30 s).
-	@# polar_vbll.kernel_poll: the Jupyter client waits for a reply in one-second polls, so a
-	@# missed wakeup costs a second, not the cell's limit. A notebook that fails is re-run once.
+	@# The Jupyter client waits for a reply in one-second polls (polar_vbll.kernel_poll, loaded by
+	@# pyproject.toml's pytest addopts), so a missed wakeup costs a second, not the cell's limit.
+	@# A notebook that fails is re-run once.
 	cd $(EXECUTED) && POLAR_VBLL_PROFILE=$${POLAR_VBLL_PROFILE:-smoke} TQDM_DISABLE=1 \
-		../../$(PY) -m pytest -q -p no:cacheprovider -p polar_vbll.kernel_poll --nbmake \
-		--nbmake-timeout=180 --reruns 1 --overwrite *.ipynb
+		../../$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=180 \
+		--reruns 1 --overwrite *.ipynb
 
 demo: setup
 	$(VENV)/bin/polar-vbll compare --task arc_easy --methods zero_shot,mle,polar_vbll --profile course \

@@ -6,8 +6,9 @@ long as the cell's time limit. Now and then that poll misses the wakeup of a rep
 arrived, and it returns only when the limit runs out: the cell then passes, late by exactly its
 limit. Every new poll first looks at the socket's pending events, so waiting in polls of one
 second bounds what a missed wakeup costs to one second. :func:`install` makes every asyncio
-channel of ``jupyter_client`` wait that way; as a pytest plugin (``-p polar_vbll.kernel_poll``)
-it is installed when pytest starts.
+channel of ``jupyter_client`` wait that way; as a pytest plugin (``-p polar_vbll.kernel_poll``,
+in pyproject.toml's ``addopts`` for every pytest run of this repository) it is installed when
+pytest starts.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def sliced(get_msg, slice_seconds: float = SLICE_SECONDS):
 
 
 def install(slice_seconds: float = SLICE_SECONDS) -> None:
-    """Make every asyncio channel of ``jupyter_client`` wait in :func:`sliced` polls (once)."""
-    from jupyter_client.channels import AsyncZMQSocketChannel
+    """Make every asyncio channel of ``jupyter_client`` wait in :func:`sliced` polls (once;
+    nothing to do where ``jupyter_client`` is not installed: no notebook runs there)."""
+    try:
+        from jupyter_client.channels import AsyncZMQSocketChannel
+    except ImportError:
+        return
 
     if not getattr(AsyncZMQSocketChannel.get_msg, "sliced", False):
         AsyncZMQSocketChannel.get_msg = sliced(AsyncZMQSocketChannel.get_msg, slice_seconds)

@@ -17,7 +17,8 @@
   test file to a worker (``--dist loadfile``, so module fixtures load once); see
   ``benchmarks/learning_log.md`` for the times.
 * **Kernels.** Tests that run a notebook wait for its kernel in one-second polls
-  (:mod:`polar_vbll.kernel_poll`), so a missed wakeup costs a second, not the cell's limit.
+  (:mod:`polar_vbll.kernel_poll`, a plugin that pyproject.toml's pytest ``addopts`` loads), so a
+  missed wakeup costs a second, not the cell's limit.
 * **Models.** ``smollm2``: the packaged SmolLM2-135M, loaded once per session (treat it as
   read-only: deep-copy it before adding adapters). ``tiny_backbone``: a fresh tiny random
   Llama per test (seconds), free to modify.
@@ -41,7 +42,6 @@ if not os.environ.get("POLAR_VBLL_DATA") and _SHARED_DATA.is_dir():
 
 import torch  # noqa: E402  (after the environment variables, which libraries read at import)
 
-from polar_vbll import kernel_poll  # noqa: E402
 from polar_vbll.errors import PolarVBLLError  # noqa: E402
 
 TEST_THREADS = 1
@@ -121,7 +121,6 @@ def remove_network_guard() -> None:
 
 def pytest_configure(config):
     install_network_guard()
-    kernel_poll.install()
 
 
 def pytest_unconfigure(config):
